@@ -1,0 +1,1 @@
+"""llm-refinery: user feedback on an LLM app in, reviewed refinements out."""

