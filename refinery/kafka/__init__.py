@@ -1,0 +1,1 @@
+"""Kafka plumbing shared by every role: client settings and the embedded broker."""

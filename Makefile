@@ -1,0 +1,44 @@
+# The single entry point for people and CI: make demo | test | bench | lint.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-unit bench lint format schemas docs clean
+
+# torch first, pinned to the CPU build on this machine's disk: a bare `torch` requirement
+# (via sentence-transformers) would download a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/refinery demo
+
+test: install
+	CI=$${CI:-} $(PY) -m pytest -W error $(PYTEST_ARGS) tests
+
+test-unit: install
+	$(PY) -m pytest -W error tests/unit
+
+bench: install
+	$(PY) bench/run_all.py --clinc ../shared/data/clinc150/data_full.json
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+schemas: install
+	$(PY) -m schemas.export
+
+clean:
+	rm -rf var .pytest_cache

@@ -1,0 +1,293 @@
+"""`refinery`: one command for every role and for reviewers.
+
+Roles (long-running): ingest, worker, beat, relay. One-shots: migrate, demo, produce.
+People: review list|show|approve|reject, prompts set|show.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from refinery.settings import Settings, get_settings
+
+log = logging.getLogger("refinery")
+
+
+def _setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _stop_flag() -> list[bool]:
+    stop = [False]
+
+    def handler(*_: object) -> None:
+        stop[0] = True
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
+
+
+def cmd_migrate(settings: Settings, _: argparse.Namespace) -> int:
+    from refinery.store.db import migrate
+
+    migrate(settings.database_url)
+    print("database schema is at the newest migration")
+    return 0
+
+
+def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
+    from refinery.embed import embedding_model_name
+    from refinery.ingest.consumer import IngestConsumer
+    from refinery.kafka.clients import make_consumer, make_producer
+    from refinery.runtime import celery_enqueue, start_runtime
+
+    runtime = start_runtime(settings)
+    settings = runtime.settings
+    stop = _stop_flag()
+    consumer = IngestConsumer(
+        settings,
+        consumer=make_consumer(
+            settings, settings.topic_interactions, settings.topic_feedback, group_id=settings.ingest_group_id
+        ),
+        producer=make_producer(settings),
+        sessions=runtime.sessions,
+        enqueue=celery_enqueue(settings),
+        embedding_model=embedding_model_name(settings),
+    )
+    log.info("ingest: consuming %s, %s as group %s", settings.topic_interactions,
+             settings.topic_feedback, settings.ingest_group_id)
+    try:
+        stats = consumer.run(should_stop=lambda: stop[0], until_caught_up=args.until_caught_up)
+    finally:
+        consumer.close()
+        runtime.close()
+    log.info("ingest stopped: %s", stats)
+    return 0
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    if settings.celery_eager:
+        print("refinery worker needs REDIS_URL: without it tasks run eagerly inside ingest", file=sys.stderr)
+        return 2
+    from workers.celery_app import app
+
+    argv = ["worker", "--loglevel", args.loglevel, "--queues", args.queues, "--pool", args.pool]
+    if args.concurrency:
+        argv += ["--concurrency", str(args.concurrency)]
+    app.worker_main(argv)
+    return 0
+
+
+def cmd_beat(settings: Settings, args: argparse.Namespace) -> int:
+    if settings.celery_eager:
+        print("refinery beat needs REDIS_URL", file=sys.stderr)
+        return 2
+    from workers.celery_app import app
+
+    app.start(["beat", "--loglevel", args.loglevel, "--schedule", args.schedule])
+    return 0
+
+
+def cmd_relay(settings: Settings, _: argparse.Namespace) -> int:
+    from refinery.kafka.clients import make_producer
+    from refinery.review.relay import run_relay
+    from refinery.runtime import start_runtime
+
+    runtime = start_runtime(settings)
+    stop = _stop_flag()
+    producer = make_producer(runtime.settings)
+    try:
+        run_relay(
+            runtime.sessions,
+            producer,
+            batch_size=settings.outbox_batch_size,
+            idle_sleep_s=settings.outbox_poll_interval_s,
+            should_stop=lambda: stop[0],
+        )
+    finally:
+        producer.close()
+        runtime.close()
+    return 0
+
+
+def cmd_demo(settings: Settings, _: argparse.Namespace) -> int:
+    from refinery.demo.run import run_demo
+
+    return run_demo(settings)
+
+
+def cmd_produce(settings: Settings, args: argparse.Namespace) -> int:
+    """Send JSON lines from a file (or stdin) to a topic: a producer for smoke tests."""
+    from refinery.kafka.clients import make_producer
+
+    if settings.kafka_bootstrap_servers is None:
+        print("refinery produce needs KAFKA_BOOTSTRAP_SERVERS", file=sys.stderr)
+        return 2
+    topic = {"interactions": settings.topic_interactions, "feedback": settings.topic_feedback}[args.topic]
+    producer = make_producer(settings)
+    stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
+    sent = 0
+    with stream:
+        for line in stream:
+            if line.strip():
+                app_id = json.loads(line).get("app_id", "")
+                producer.send(topic, key=str(app_id).encode(), value=line.strip().encode())
+                sent += 1
+    producer.flush()
+    print(f"sent {sent} events to {topic}")
+    return 0
+
+
+def _sessions(settings: Settings):  # type: ignore[no-untyped-def]
+    from refinery.store.db import migrate, session_factory
+
+    migrate(settings.database_url)
+    return session_factory(settings.database_url)
+
+
+def cmd_review(settings: Settings, args: argparse.Namespace) -> int:
+    from refinery.review import render
+    from refinery.review.service import (
+        DecisionConflict,
+        ProposalFilter,
+        ProposalNotFound,
+        TransitionRefused,
+        approve,
+        get_proposal,
+        list_proposals,
+        proposal_history,
+        reject,
+    )
+
+    sessions = _sessions(settings)
+    try:
+        if args.review_cmd == "list":
+            with sessions() as session:
+                rows, total = list_proposals(
+                    session,
+                    ProposalFilter(app_id=args.app, kind=args.kind, status=args.status),
+                    limit=args.limit,
+                )
+                print(render.proposals_json(rows, total) if args.json else render.proposals_table(rows, total))
+            return 0
+        if args.review_cmd == "show":
+            with sessions() as session:
+                row = get_proposal(session, args.id)
+                history = proposal_history(session, args.id)
+                print(render.proposal_json(row, history) if args.json else render.proposal_text(row, history))
+            return 0
+        actor = args.actor
+        if args.review_cmd == "approve":
+            row = approve(sessions, args.id, actor=actor, topic=settings.topic_approved, comment=args.comment,
+                          expected_version=args.version)
+        else:
+            row = reject(sessions, args.id, actor=actor, comment=args.comment, expected_version=args.version)
+        print(f"{row.id}: {row.status} (version {row.version}) by {actor}")
+        return 0
+    except ProposalNotFound as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 4
+    except (DecisionConflict, TransitionRefused) as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 3
+
+
+def cmd_prompts(settings: Settings, args: argparse.Namespace) -> int:
+    from refinery.store.prompts import current_prompt, set_prompt
+
+    sessions = _sessions(settings)
+    with sessions.begin() as session:
+        if args.prompts_cmd == "set":
+            text = Path(args.file).read_text(encoding="utf-8")
+            row = set_prompt(session, app_id=args.app, name=args.name, text=text, source="cli")
+            print(f"{args.app}/{args.name}: current version {row.version}")
+            return 0
+        row = current_prompt(session, app_id=args.app, name=args.name)
+        if row is None:
+            print(f"error: no prompt {args.name!r} for app {args.app!r}", file=sys.stderr)
+            return 4
+        print(f"# {args.app}/{row.name} version {row.version} ({row.source})")
+        print(row.text, end="" if row.text.endswith("\n") else "\n")
+        return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="refinery", description=__doc__)
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("migrate", help="bring the database schema up to date").set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("ingest", help="consume interaction and feedback events")
+    p.add_argument("--until-caught-up", action="store_true", help="stop at the end of every partition")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("worker", help="Celery worker (embed, cluster, propose queues)")
+    p.add_argument("--queues", default="embed,cluster,propose")
+    p.add_argument("--pool", default="prefork")
+    p.add_argument("--concurrency", type=int, default=0)
+    p.add_argument("--loglevel", default="INFO")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("beat", help="Celery beat: periodic re-cluster and propose")
+    p.add_argument("--loglevel", default="INFO")
+    p.add_argument("--schedule", default="var/celerybeat-schedule")
+    p.set_defaults(func=cmd_beat)
+
+    sub.add_parser("relay", help="publish approved refinements (outbox) to Kafka").set_defaults(func=cmd_relay)
+    sub.add_parser("demo", help="run the pipeline end to end on a synthetic app").set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("produce", help="send JSON-lines events to a topic")
+    p.add_argument("topic", choices=["interactions", "feedback"])
+    p.add_argument("file", help="path, or - for stdin")
+    p.set_defaults(func=cmd_produce)
+
+    p = sub.add_parser("review", help="the review queue")
+    review = p.add_subparsers(dest="review_cmd", required=True)
+    q = review.add_parser("list")
+    q.add_argument("--app")
+    q.add_argument("--kind")
+    q.add_argument("--status")
+    q.add_argument("--limit", type=int, default=50)
+    q.add_argument("--json", action="store_true")
+    q = review.add_parser("show")
+    q.add_argument("id")
+    q.add_argument("--json", action="store_true")
+    for name in ("approve", "reject"):
+        q = review.add_parser(name)
+        q.add_argument("id")
+        q.add_argument("--comment")
+        q.add_argument("--actor", default="cli")
+        q.add_argument("--version", type=int, help="fail unless the proposal is at this version")
+    p.set_defaults(func=cmd_review)
+
+    p = sub.add_parser("prompts", help="the prompt registry")
+    prompts = p.add_subparsers(dest="prompts_cmd", required=True)
+    q = prompts.add_parser("set")
+    q.add_argument("app")
+    q.add_argument("file")
+    q.add_argument("--name", default=None)
+    q = prompts.add_parser("show")
+    q.add_argument("app")
+    q.add_argument("--name", default=None)
+    p.set_defaults(func=cmd_prompts)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    settings = get_settings()
+    if getattr(args, "name", "unset") is None:
+        args.name = settings.default_prompt_name
+    return int(args.func(settings, args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

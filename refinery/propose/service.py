@@ -1,0 +1,185 @@
+"""Propose refinements for an app's clusters and keep the review queue free of duplicates.
+
+Owns inserts and system updates of proposals. Re-running is idempotent: the open proposal for a
+(cluster, kind) is updated only if its content changed; a cluster whose proposal reviewers already
+decided gets no new one; proposals of retired clusters are superseded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from refinery.embed.service import vectors_from_rows
+from refinery.propose.drafting import DraftInput, MemberEvidence, draft
+from refinery.review.transitions import record_audit
+from refinery.settings import Settings
+from refinery.store.models import Cluster, Embedding, Feedback, Interaction, ProposalRow, utcnow
+from refinery.store.prompts import current_prompt
+from schemas.proposals import Evidence, EvidenceExample, FeedbackSummary, ProposalStatus
+
+SYSTEM_ACTOR = "system:proposer"
+
+
+@dataclass
+class ProposeResult:
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    superseded: list[str] = field(default_factory=list)
+    skipped_clusters: list[str] = field(default_factory=list)
+
+
+def propose_for_app(session: Session, app_id: str, settings: Settings, model: str) -> ProposeResult:
+    result = ProposeResult()
+    clusters = session.scalars(
+        select(Cluster).where(Cluster.app_id == app_id, Cluster.active.is_(True)).order_by(Cluster.id)
+    ).all()
+    for cluster in clusters:
+        if cluster.size < settings.proposal_min_failures:
+            result.skipped_clusters.append(cluster.id)
+            continue
+        data = _draft_input(session, cluster, settings, model)
+        proposal = draft(data)
+        if proposal is None:
+            result.skipped_clusters.append(cluster.id)
+            continue
+        payload = proposal.model_dump(mode="json")
+        fingerprint = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+        kind = proposal.kind.value
+        open_row = session.scalars(
+            select(ProposalRow).where(
+                ProposalRow.cluster_id == cluster.id,
+                ProposalRow.kind == kind,
+                ProposalRow.status == ProposalStatus.PENDING,
+            )
+        ).first()
+        if open_row is not None:
+            if open_row.fingerprint == fingerprint:
+                result.unchanged.append(open_row.id)
+                continue
+            open_row.payload, open_row.fingerprint, open_row.title = payload, fingerprint, proposal.title
+            open_row.version += 1
+            open_row.updated_at = utcnow()
+            record_audit(session, open_row.id, SYSTEM_ACTOR, "refresh", "pending", "pending", "ok",
+                         "evidence changed")
+            result.updated.append(open_row.id)
+            continue
+        decided = session.scalar(
+            select(ProposalRow.id).where(ProposalRow.cluster_id == cluster.id, ProposalRow.kind == kind)
+        )
+        if decided is not None:
+            # Reviewers already ruled on this failure mode; do not ask them again.
+            result.unchanged.append(decided)
+            continue
+        row = ProposalRow(
+            id=f"p_{uuid.uuid4().hex[:16]}",
+            app_id=app_id,
+            cluster_id=cluster.id,
+            kind=kind,
+            status=ProposalStatus.PENDING,
+            version=1,
+            title=proposal.title,
+            payload=payload,
+            fingerprint=fingerprint,
+        )
+        session.add(row)
+        session.flush()
+        record_audit(session, row.id, SYSTEM_ACTOR, "create", None, "pending", "ok", None)
+        result.created.append(row.id)
+
+    active_ids = {c.id for c in clusters}
+    for row in session.scalars(
+        select(ProposalRow).where(ProposalRow.app_id == app_id, ProposalRow.status == ProposalStatus.PENDING)
+    ):
+        if row.cluster_id not in active_ids:
+            row.status = ProposalStatus.SUPERSEDED
+            row.version += 1
+            row.updated_at = utcnow()
+            record_audit(session, row.id, SYSTEM_ACTOR, "supersede", "pending", "superseded", "ok",
+                         "its cluster was merged or retired")
+            result.superseded.append(row.id)
+    session.flush()
+    return result
+
+
+def _draft_input(session: Session, cluster: Cluster, settings: Settings, model: str) -> DraftInput:
+    rows = session.execute(
+        select(Interaction, Embedding.vector, Embedding.dim)
+        .join(Embedding, (Embedding.text_hash == Interaction.query_hash) & (Embedding.model == model))
+        .where(Interaction.cluster_id == cluster.id, Interaction.failing.is_(True))
+        .order_by(Interaction.id)
+    ).all()
+    interactions = [r[0] for r in rows]
+    # Representative first: closest to the centroid.
+    if rows:
+        vectors = vectors_from_rows([r.vector for r in rows], rows[0].dim)
+        centroid = np.frombuffer(cluster.centroid, dtype=np.float32)
+        order = np.argsort(-(vectors @ centroid), kind="stable")
+        interactions = [interactions[i] for i in order]
+    feedback: dict[str, list[Feedback]] = {}
+    for fb in session.scalars(
+        select(Feedback)
+        .where(
+            Feedback.app_id == cluster.app_id,
+            Feedback.interaction_id.in_([i.interaction_id for i in interactions]),
+        )
+        .order_by(Feedback.occurred_at, Feedback.id)
+    ):
+        feedback.setdefault(fb.interaction_id, []).append(fb)
+    members = [
+        MemberEvidence(
+            interaction_id=i.interaction_id,
+            query=i.query,
+            response=i.response,
+            sources=i.sources or [],
+            feedback=[(f.kind, f.value, f.text) for f in feedback.get(i.interaction_id, [])],
+            occurred_at=i.occurred_at.isoformat(),
+        )
+        for i in interactions
+    ]
+    prompt_names = Counter(i.prompt_name for i in interactions if i.prompt_name)
+    prompt_name = (
+        min(prompt_names.items(), key=lambda kv: (-kv[1], kv[0]))[0]
+        if prompt_names
+        else settings.default_prompt_name
+    )
+    prompt = current_prompt(session, app_id=cluster.app_id, name=prompt_name)
+    reasons = Counter(r for i in interactions for r in (i.failure_reasons or []))
+    evidence = Evidence(
+        cluster_id=cluster.id,
+        label=cluster.label,
+        keywords=list(cluster.keywords or []),
+        size=len(interactions),
+        signal_counts=dict(sorted(reasons.items())),
+        examples=[
+            EvidenceExample(
+                interaction_id=m.interaction_id,
+                query=m.query,
+                response=m.response,
+                feedback=[FeedbackSummary(kind=k, value=v, text=t) for k, v, t in m.feedback],
+                failure_reasons=list(i.failure_reasons or []),
+            )
+            for m, i in zip(members[: settings.proposal_max_examples], interactions, strict=False)
+        ],
+    )
+    return DraftInput(
+        app_id=cluster.app_id,
+        cluster_id=cluster.id,
+        keywords=list(cluster.keywords or []),
+        members=members,
+        evidence=evidence,
+        prompt_name=prompt_name,
+        prompt_version=prompt.version if prompt else None,
+        prompt_text=prompt.text if prompt else "",
+        retrieval_low_score=settings.retrieval_low_score,
+        retrieval_gap_fraction=settings.retrieval_gap_fraction,
+        min_corrections=settings.proposal_min_corrections,
+    )

@@ -1,0 +1,196 @@
+"""Reviewers' operations, shared by the CLI and the API: list, show, approve, reject.
+
+One winner under concurrency: a decision is a conditional UPDATE on (id, version, status); the
+loser's UPDATE matches no row and it gets `DecisionConflict`. Every attempt, won or refused, is
+audited; refusals are written in their own transaction so a rollback cannot erase them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from pydantic import TypeAdapter
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from refinery.review.transitions import TransitionRefused, check_transition, record_audit
+from refinery.store.models import AuditEntry, OutboxRow, ProposalRow, utcnow
+from refinery.store.prompts import set_prompt
+from schemas.proposals import ApprovedRefinement, Proposal, ProposalKind, ProposalStatus
+
+PROPOSAL_ADAPTER: TypeAdapter[Proposal] = TypeAdapter(Proposal)
+
+
+class ProposalNotFound(LookupError):
+    pass
+
+
+class DecisionConflict(Exception):
+    """Someone else changed the proposal first (HTTP 409)."""
+
+
+@dataclass(frozen=True)
+class ProposalFilter:
+    app_id: str | None = None
+    kind: str | None = None
+    status: str | None = None
+    cluster_id: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+def list_proposals(
+    session: Session, filters: ProposalFilter = ProposalFilter(), *, limit: int = 50, offset: int = 0
+) -> tuple[list[ProposalRow], int]:
+    query = select(ProposalRow)
+    for column, value in (
+        (ProposalRow.app_id, filters.app_id),
+        (ProposalRow.kind, filters.kind),
+        (ProposalRow.status, filters.status),
+        (ProposalRow.cluster_id, filters.cluster_id),
+    ):
+        if value is not None:
+            query = query.where(column == value)
+    if filters.created_after is not None:
+        query = query.where(ProposalRow.created_at >= filters.created_after)
+    if filters.created_before is not None:
+        query = query.where(ProposalRow.created_at < filters.created_before)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(
+        query.order_by(ProposalRow.created_at.desc(), ProposalRow.id).limit(limit).offset(offset)
+    ).all()
+    return list(rows), int(total)
+
+
+def get_proposal(session: Session, proposal_id: str) -> ProposalRow:
+    row = session.get(ProposalRow, proposal_id)
+    if row is None:
+        raise ProposalNotFound(f"no proposal {proposal_id!r}")
+    return row
+
+
+def proposal_history(session: Session, proposal_id: str) -> list[AuditEntry]:
+    return list(
+        session.scalars(
+            select(AuditEntry).where(AuditEntry.proposal_id == proposal_id).order_by(AuditEntry.id)
+        )
+    )
+
+
+def approve(
+    sessions: sessionmaker[Session],
+    proposal_id: str,
+    *,
+    actor: str,
+    topic: str,
+    comment: str | None = None,
+    expected_version: int | None = None,
+) -> ProposalRow:
+    return _decide(sessions, proposal_id, ProposalStatus.APPROVED, actor, comment, expected_version, topic)
+
+
+def reject(
+    sessions: sessionmaker[Session],
+    proposal_id: str,
+    *,
+    actor: str,
+    comment: str | None = None,
+    expected_version: int | None = None,
+) -> ProposalRow:
+    return _decide(sessions, proposal_id, ProposalStatus.REJECTED, actor, comment, expected_version, None)
+
+
+def _decide(
+    sessions: sessionmaker[Session],
+    proposal_id: str,
+    target: ProposalStatus,
+    actor: str,
+    comment: str | None,
+    expected_version: int | None,
+    topic: str | None,
+) -> ProposalRow:
+    action = "approve" if target is ProposalStatus.APPROVED else "reject"
+    refusal: tuple[str | None, str] | None = None
+    with sessions() as session:
+        row = session.get(ProposalRow, proposal_id)
+        if row is None:
+            raise ProposalNotFound(f"no proposal {proposal_id!r}")
+        current, version = row.status, row.version
+        try:
+            check_transition(current, target)
+            if expected_version is not None and expected_version != version:
+                raise DecisionConflict(
+                    f"proposal {proposal_id} is at version {version}, not {expected_version}; reload it"
+                )
+            now = utcnow()
+            won = session.execute(
+                update(ProposalRow)
+                .where(
+                    ProposalRow.id == proposal_id,
+                    ProposalRow.version == version,
+                    ProposalRow.status == current,
+                )
+                .values(
+                    status=target,
+                    version=version + 1,
+                    decided_by=actor,
+                    decided_at=now,
+                    decision_comment=comment,
+                    updated_at=now,
+                )
+                .execution_options(synchronize_session=False)
+            ).rowcount
+            if won != 1:
+                raise DecisionConflict(f"proposal {proposal_id} was decided by someone else first")
+            record_audit(session, proposal_id, actor, action, current, target, "ok", comment)
+            if target is ProposalStatus.APPROVED:
+                assert topic is not None
+                _on_approval(session, row, actor=actor, comment=comment, at=now, topic=topic)
+            session.commit()
+        except (TransitionRefused, DecisionConflict) as exc:
+            session.rollback()
+            refusal = (current, str(exc))
+            error = exc
+        if refusal is None:
+            session.refresh(row)
+            return row
+    with sessions.begin() as audit_session:
+        record_audit(audit_session, proposal_id, actor, action, refusal[0], target, "refused", refusal[1])
+    raise error
+
+
+def _on_approval(
+    session: Session, row: ProposalRow, *, actor: str, comment: str | None, at: datetime, topic: str
+) -> None:
+    """Effects of an approval, in the approval's own transaction (transactional outbox)."""
+    proposal = PROPOSAL_ADAPTER.validate_python(row.payload)
+    if proposal.kind is ProposalKind.SYSTEM_PROMPT_EDIT:
+        set_prompt(
+            session,
+            app_id=row.app_id,
+            name=proposal.artifact.prompt_name,
+            text=proposal.artifact.proposed_text,
+            source="approval",
+        )
+    outbox_id = f"o_{uuid.uuid4().hex}"
+    message = ApprovedRefinement(
+        outbox_id=outbox_id,
+        proposal_id=row.id,
+        app_id=row.app_id,
+        kind=proposal.kind,
+        approved_by=actor,
+        approved_at=at,
+        comment=comment,
+        proposal=proposal,
+    )
+    session.add(
+        OutboxRow(
+            id=outbox_id,
+            proposal_id=row.id,
+            topic=topic,
+            key=row.id,
+            payload=message.model_dump(mode="json"),
+        )
+    )

@@ -1,0 +1,122 @@
+"""Refinement proposals: one model per kind, each with its artifact and the evidence behind it.
+
+These are what reviewers read and what approval emits downstream (the "approved refinements"
+topic carries `ApprovedRefinement`). User text inside evidence is untrusted and already
+redacted; renderers must escape it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ProposalKind(StrEnum):
+    SYSTEM_PROMPT_EDIT = "system_prompt_edit"
+    RAG_SOURCE = "rag_source"
+    FINE_TUNE_DATASET = "fine_tune_dataset"
+
+
+class ProposalStatus(StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    SUPERSEDED = "superseded"
+    APPLIED = "applied"
+
+
+class FeedbackSummary(BaseModel):
+    kind: str
+    value: float | None = None
+    text: str | None = None
+
+
+class EvidenceExample(BaseModel):
+    interaction_id: str
+    query: str
+    response: str
+    feedback: list[FeedbackSummary] = Field(default_factory=list)
+    failure_reasons: list[str] = Field(default_factory=list)
+
+
+class Evidence(BaseModel):
+    cluster_id: str
+    label: str = Field(description="Top keywords of the cluster, joined.")
+    keywords: list[str]
+    size: int = Field(description="Failing interactions in the cluster.")
+    signal_counts: dict[str, int] = Field(
+        default_factory=dict, description="How often each failure reason occurs in the cluster."
+    )
+    examples: list[EvidenceExample]
+
+
+class SystemPromptEdit(BaseModel):
+    prompt_name: str
+    base_version: str | None = Field(description="Registry version the diff applies to.")
+    base_text: str
+    proposed_text: str
+    instruction: str = Field(description="The instruction the edit adds.")
+    diff: str = Field(description="Unified diff from base_text to proposed_text.")
+
+
+class RagSourceManifest(BaseModel):
+    topic: str
+    representative_queries: list[str]
+    must_cover: list[str] = Field(description="What a new source must answer.")
+    gap_signals: dict[str, int] = Field(
+        description="Interactions with no sources, low retrieval scores, or admitted ignorance."
+    )
+
+
+class FineTuneDataset(BaseModel):
+    format: Literal["openai-chat-jsonl"] = "openai-chat-jsonl"
+    system_prompt: str
+    rows: int
+    jsonl: str = Field(description="One {'messages': [system, user, assistant]} object per line.")
+
+
+class _Proposal(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    app_id: str
+    cluster_id: str
+    title: str
+    rationale: str
+    evidence: Evidence
+
+
+class SystemPromptEditProposal(_Proposal):
+    kind: Literal[ProposalKind.SYSTEM_PROMPT_EDIT] = ProposalKind.SYSTEM_PROMPT_EDIT
+    artifact: SystemPromptEdit
+
+
+class RagSourceProposal(_Proposal):
+    kind: Literal[ProposalKind.RAG_SOURCE] = ProposalKind.RAG_SOURCE
+    artifact: RagSourceManifest
+
+
+class FineTuneDatasetProposal(_Proposal):
+    kind: Literal[ProposalKind.FINE_TUNE_DATASET] = ProposalKind.FINE_TUNE_DATASET
+    artifact: FineTuneDataset
+
+
+Proposal = Annotated[
+    SystemPromptEditProposal | RagSourceProposal | FineTuneDatasetProposal,
+    Field(discriminator="kind"),
+]
+
+
+class ApprovedRefinement(BaseModel):
+    """What the outbox relay publishes downstream; consumers de-duplicate on `outbox_id`."""
+
+    outbox_id: str
+    proposal_id: str
+    app_id: str
+    kind: ProposalKind
+    approved_by: str
+    approved_at: datetime
+    comment: str | None = None
+    proposal: Proposal

@@ -1,0 +1,53 @@
+"""The Celery app. Broker and results on Redis (REDIS_URL); with no REDIS_URL, tasks run eagerly
+in the calling process (the embedded default), which `refinery` says at start-up.
+
+`celery -A workers.celery_app:app inspect active` and `celery -A workers.celery_app:app flower`
+work against it.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from refinery.settings import get_settings
+
+QUEUES = ("embed", "cluster", "propose")
+
+
+def make_app() -> Celery:
+    settings = get_settings()
+    app = Celery("refinery", include=["workers.tasks"])
+    broker = settings.redis_url or "memory://"
+    app.conf.update(
+        broker_url=broker,
+        result_backend=settings.redis_url or "cache+memory://",
+        task_always_eager=settings.celery_eager,
+        task_eager_propagates=True,
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        result_expires=3600,
+        # Tasks are idempotent, so redelivery after a worker dies mid-task is safe and wanted.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_connection_retry_on_startup=True,
+        task_routes={
+            "refinery.embed_interactions": {"queue": "embed"},
+            "refinery.cluster_app": {"queue": "cluster"},
+            "refinery.propose_for_app": {"queue": "propose"},
+            "refinery.refine_all_apps": {"queue": "cluster"},
+        },
+        task_default_queue="embed",
+        beat_schedule={
+            "refine-all-apps": {
+                "task": "refinery.refine_all_apps",
+                "schedule": settings.refine_interval_s,
+            }
+        },
+        worker_hijack_root_logger=False,
+    )
+    return app
+
+
+app = make_app()

@@ -1,0 +1,109 @@
+"""Thin Celery tasks: ids in, a service call, counts out. All idempotent, retried with backoff.
+
+Heavy work lives in refinery.embed / refinery.cluster / refinery.propose; the embedding model
+loads lazily once per worker process (refinery.embed.embedder.get_embedder).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
+from celery import chain
+from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
+
+from refinery.cluster.service import recluster_app
+from refinery.embed import embedding_model_name
+from refinery.embed.embedder import get_embedder
+from refinery.embed.service import embed_interactions as embed_service
+from refinery.propose.service import propose_for_app as propose_service
+from refinery.settings import get_settings
+from refinery.store.db import session_scope
+from refinery.store.models import Interaction
+from workers.celery_app import app
+
+log = logging.getLogger(__name__)
+
+# Transient errors worth a retry: the database or the broker was briefly unreachable.
+RETRYABLE = (OperationalError, ConnectionError, TimeoutError)
+
+
+@contextlib.contextmanager
+def app_lock(app_id: str) -> Iterator[None]:
+    """Single writer per app for clustering and proposing (Redis lock; eager mode needs none)."""
+    settings = get_settings()
+    if settings.redis_url is None:
+        yield
+        return
+    import redis
+
+    client = redis.Redis.from_url(settings.redis_url)
+    with client.lock(f"refinery:app-lock:{app_id}", timeout=600, blocking_timeout=600):
+        yield
+
+
+@app.task(
+    name="refinery.embed_interactions",
+    autoretry_for=RETRYABLE,
+    retry_backoff=True,
+    max_retries=get_settings().celery_task_max_retries,
+)
+def embed_interactions(interaction_ids: list[int]) -> dict:
+    settings = get_settings()
+    with session_scope(settings.database_url) as session:
+        result = embed_service(session, interaction_ids, get_embedder(settings))
+    return {"embedded": result.embedded, "cached": result.cached, "app_ids": result.app_ids}
+
+
+@app.task(
+    name="refinery.cluster_app",
+    autoretry_for=RETRYABLE,
+    retry_backoff=True,
+    max_retries=get_settings().celery_task_max_retries,
+)
+def cluster_app(app_id: str) -> dict:
+    settings = get_settings()
+    with app_lock(app_id), session_scope(settings.database_url) as session:
+        result = recluster_app(session, app_id, settings, embedding_model_name(settings))
+    return {
+        "app_id": app_id,
+        "clusters": len(result.cluster_ids),
+        "outliers": result.outliers,
+        "kept": result.kept,
+        "created": result.created,
+        "retired": result.retired,
+    }
+
+
+@app.task(
+    name="refinery.propose_for_app",
+    autoretry_for=RETRYABLE,
+    retry_backoff=True,
+    max_retries=get_settings().celery_task_max_retries,
+)
+def propose_for_app(app_id: str) -> dict:
+    settings = get_settings()
+    with app_lock(app_id), session_scope(settings.database_url) as session:
+        result = propose_service(session, app_id, settings, embedding_model_name(settings))
+    return {
+        "app_id": app_id,
+        "created": len(result.created),
+        "updated": len(result.updated),
+        "unchanged": len(result.unchanged),
+        "superseded": len(result.superseded),
+    }
+
+
+@app.task(name="refinery.refine_all_apps")
+def refine_all_apps() -> list[str]:
+    """Beat entry point: re-cluster, then propose, for every app with failing interactions."""
+    settings = get_settings()
+    with session_scope(settings.database_url) as session:
+        app_ids = sorted(
+            session.scalars(select(Interaction.app_id).where(Interaction.failing.is_(True)).distinct())
+        )
+    for app_id in app_ids:
+        chain(cluster_app.si(app_id), propose_for_app.si(app_id)).apply_async()
+    return app_ids
