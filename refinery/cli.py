@@ -20,6 +20,10 @@ log = logging.getLogger("refinery")
 
 def _setup_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # kafka-python and Celery narrate every connection and task at INFO; keep our own lines readable.
+    if level.upper() != "DEBUG":
+        for noisy in ("kafka", "celery.app.trace", "sentence_transformers", "httpx", "alembic"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _stop_flag() -> list[bool]:

@@ -64,6 +64,22 @@ class Settings(BaseSettings):
     max_metadata_keys: int = Field(64, description="Most metadata keys on one event.")
     max_json_depth: int = Field(32, description="Deepest JSON nesting accepted in an event.")
 
+    # --- redaction ---------------------------------------------------------------------------
+    redaction_enabled: bool = Field(
+        True,
+        description="Redact PII from user text before it is stored, embedded, logged, enqueued or"
+        " dead-lettered. Turn off only for runs on synthetic data.",
+    )
+    redaction_kinds: list[str] = Field(
+        ["EMAIL", "IBAN", "CARD", "IP", "PHONE"],
+        description="Built-in PII kinds redacted (EMAIL, IBAN, CARD, IP, PHONE), each to <KIND>.",
+    )
+    redaction_extra_patterns: list[str] = Field(
+        [],
+        description='Extra named regexes, "NAME=regex" (NAME in [A-Z][A-Z0-9_]*); matches become'
+        " <NAME>. Applied after the built-in kinds; must not match '<' or '>'.",
+    )
+
     # --- failure signals -------------------------------------------------------------------
     rating_failure_fraction: float = Field(
         0.4, description="A rating at or below this fraction of its scale marks a failure (2 of 5)."
@@ -82,12 +98,24 @@ class Settings(BaseSettings):
 
     # --- clustering --------------------------------------------------------------------------
     cluster_similarity_threshold: float = Field(
-        0.55, description="Cosine similarity above which two failing queries are neighbours."
+        0.45,
+        description="Mean cosine similarity between two groups of failing queries at or above"
+        " which they merge into one cluster (average linkage; tuned on CLINC150).",
     )
     cluster_neighbors: int = Field(15, description="Nearest neighbours searched per query.")
+    cluster_attach_similarity: float = Field(
+        0.25,
+        description="Mean cosine similarity to a cluster's members at or above which a query left"
+        " in a too-small group joins that cluster instead of the outliers.",
+    )
+    cluster_max_graph_points: int = Field(
+        100_000,
+        description="Most queries clustered on one kNN graph; above it, samples of this size are"
+        " clustered and the rest assigned (bounds time and memory).",
+    )
     cluster_min_size: int = Field(5, description="Fewest members of a cluster; smaller go to outliers.")
     cluster_match_overlap: float = Field(
-        0.5, description="Member overlap (Jaccard) at which a new cluster keeps an old cluster's id."
+        0.5, description="Shared members / smaller cluster at which a new cluster keeps an old cluster's id."
     )
 
     # --- proposals ---------------------------------------------------------------------------
@@ -103,6 +131,14 @@ class Settings(BaseSettings):
     # --- review ------------------------------------------------------------------------------
     outbox_batch_size: int = Field(100, description="Outbox rows published per relay pass.")
     outbox_poll_interval_s: float = Field(1.0, description="Relay sleep when the outbox is empty.")
+
+    # --- operations --------------------------------------------------------------------------
+    health_port: int = Field(
+        0,
+        description="Port of /livez, /readyz and /metrics for ingest, worker, beat and relay."
+        " 0 disables (local runs); the image sets 8081.",
+    )
+    api_port: int = Field(8000, description="Port of `refinery api` (review API, collector, health).")
 
     @property
     def embedded_kafka(self) -> bool:

@@ -51,6 +51,10 @@ class Evidence(BaseModel):
         default_factory=dict, description="How often each failure reason occurs in the cluster."
     )
     examples: list[EvidenceExample]
+    related_cluster_ids: list[str] = Field(
+        default_factory=list,
+        description="Other clusters whose evidence calls for the same refinement, merged in.",
+    )
 
 
 class SystemPromptEdit(BaseModel):

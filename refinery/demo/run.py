@@ -64,6 +64,7 @@ def run_demo(settings: Settings, *, out=sys.stdout) -> int:  # type: ignore[no-u
         )
         stats = consumer.run(until_caught_up=True)
         consumer.close()
+        producer.close()
         print(
             f"[demo] ingested {stats.consumed} records: {stats.stored} stored, {stats.duplicates} "
             f"duplicates, dead-lettered {dict(stats.dead_lettered)}, {stats.enqueued} failing "

@@ -36,6 +36,8 @@ class SentenceTransformerEmbedder:
                     # Weights come from a local path; never let a hub download happen at run time.
                     os.environ.setdefault("HF_HUB_OFFLINE", "1")
                     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+                    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+                    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
                     from sentence_transformers import SentenceTransformer
 
                     path = self._model_path

@@ -8,6 +8,7 @@ from functools import lru_cache
 from typing import TypeVar
 
 from refinery.redact import Redactor
+from refinery.redact.redactor import redact_json_strings
 from refinery.settings import get_settings
 from schemas.events import FeedbackEvent, InteractionEvent
 
@@ -26,13 +27,13 @@ def redact_event(event: E) -> E:
             update={
                 "query": r.redact(event.query),
                 "response": r.redact(event.response),
-                "metadata": r.redact_json_strings(event.metadata),
+                "metadata": redact_json_strings(event.metadata, r),
             }
         )
     return event.model_copy(
         update={
             "text": r.redact(event.text) if event.text is not None else None,
-            "metadata": r.redact_json_strings(event.metadata),
+            "metadata": redact_json_strings(event.metadata, r),
         }
     )
 

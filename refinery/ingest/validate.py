@@ -91,8 +91,9 @@ def parse_event(
             f"schema_version {payload.get('schema_version')!r}; this consumer reads "
             f"{SUPPORTED_MAJOR_VERSION}.x",
         )
+    # The topic says what an event is; on a mixed stream (the HTTP collector) its fields do.
+    payload.setdefault("event_type", expected_type or ("feedback" if "kind" in payload else "interaction"))
     if expected_type is not None:
-        payload.setdefault("event_type", expected_type)
         if payload["event_type"] != expected_type:
             return InvalidEvent(
                 "wrong_topic", f"event_type {payload['event_type']!r} on the {expected_type} topic"

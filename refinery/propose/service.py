@@ -11,7 +11,7 @@ import hashlib
 import json
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from sqlalchemy import select
@@ -23,7 +23,17 @@ from refinery.review.transitions import record_audit
 from refinery.settings import Settings
 from refinery.store.models import Cluster, Embedding, Feedback, Interaction, ProposalRow, utcnow
 from refinery.store.prompts import current_prompt
-from schemas.proposals import Evidence, EvidenceExample, FeedbackSummary, ProposalStatus
+from schemas.proposals import (
+    Evidence,
+    EvidenceExample,
+    FeedbackSummary,
+    FineTuneDatasetProposal,
+    ProposalStatus,
+    RagSourceProposal,
+    SystemPromptEditProposal,
+)
+
+AnyProposal = SystemPromptEditProposal | RagSourceProposal | FineTuneDatasetProposal
 
 SYSTEM_ACTOR = "system:proposer"
 
@@ -42,72 +52,137 @@ def propose_for_app(session: Session, app_id: str, settings: Settings, model: st
     clusters = session.scalars(
         select(Cluster).where(Cluster.app_id == app_id, Cluster.active.is_(True)).order_by(Cluster.id)
     ).all()
+    drafts: list[tuple[Cluster, DraftInput]] = []
     for cluster in clusters:
         if cluster.size < settings.proposal_min_failures:
             result.skipped_clusters.append(cluster.id)
             continue
-        data = _draft_input(session, cluster, settings, model)
-        proposal = draft(data)
-        if proposal is None:
-            result.skipped_clusters.append(cluster.id)
-            continue
-        payload = proposal.model_dump(mode="json")
-        fingerprint = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+        drafts.append((cluster, _draft_input(session, cluster, settings, model)))
+    produced: set[tuple[str, str]] = set()
+    for cluster, proposal in _merge_same_prompt_edits(drafts, result):
         kind = proposal.kind.value
-        open_row = session.scalars(
-            select(ProposalRow).where(
-                ProposalRow.cluster_id == cluster.id,
-                ProposalRow.kind == kind,
-                ProposalRow.status == ProposalStatus.PENDING,
-            )
-        ).first()
-        if open_row is not None:
-            if open_row.fingerprint == fingerprint:
-                result.unchanged.append(open_row.id)
-                continue
-            open_row.payload, open_row.fingerprint, open_row.title = payload, fingerprint, proposal.title
-            open_row.version += 1
-            open_row.updated_at = utcnow()
-            record_audit(session, open_row.id, SYSTEM_ACTOR, "refresh", "pending", "pending", "ok",
-                         "evidence changed")
-            result.updated.append(open_row.id)
-            continue
-        decided = session.scalar(
-            select(ProposalRow.id).where(ProposalRow.cluster_id == cluster.id, ProposalRow.kind == kind)
-        )
-        if decided is not None:
-            # Reviewers already ruled on this failure mode; do not ask them again.
-            result.unchanged.append(decided)
-            continue
-        row = ProposalRow(
-            id=f"p_{uuid.uuid4().hex[:16]}",
-            app_id=app_id,
-            cluster_id=cluster.id,
-            kind=kind,
-            status=ProposalStatus.PENDING,
-            version=1,
-            title=proposal.title,
-            payload=payload,
-            fingerprint=fingerprint,
-        )
-        session.add(row)
-        session.flush()
-        record_audit(session, row.id, SYSTEM_ACTOR, "create", None, "pending", "ok", None)
-        result.created.append(row.id)
+        produced.add((cluster.id, kind))
+        _upsert(session, cluster, proposal, result)
 
-    active_ids = {c.id for c in clusters}
+    # Pending proposals the current evidence no longer calls for: their cluster was retired or
+    # merged, or its refinement now comes from another cluster's proposal.
     for row in session.scalars(
         select(ProposalRow).where(ProposalRow.app_id == app_id, ProposalRow.status == ProposalStatus.PENDING)
     ):
-        if row.cluster_id not in active_ids:
+        if (row.cluster_id, row.kind) not in produced:
             row.status = ProposalStatus.SUPERSEDED
             row.version += 1
             row.updated_at = utcnow()
             record_audit(session, row.id, SYSTEM_ACTOR, "supersede", "pending", "superseded", "ok",
-                         "its cluster was merged or retired")
+                         "its cluster was merged or retired, or the evidence changed")
             result.superseded.append(row.id)
     session.flush()
     return result
+
+
+def _merge_same_prompt_edits(
+    drafts: list[tuple[Cluster, DraftInput]], result: ProposeResult
+) -> list[tuple[Cluster, AnyProposal]]:
+    """One behaviour (say, answers that are too long) often spans several query topics. Clusters
+    whose drafts add the same instruction to the same prompt become one proposal, owned by the
+    largest cluster: reviewers approve one edit, not several copies of it."""
+    out: list[tuple[Cluster, AnyProposal]] = []
+    edits: dict[tuple[str, str], list[tuple[Cluster, DraftInput]]] = {}
+    for cluster, data in drafts:
+        proposal = draft(data)
+        if proposal is None:
+            result.skipped_clusters.append(cluster.id)
+        elif isinstance(proposal, SystemPromptEditProposal):
+            key = (proposal.artifact.prompt_name, proposal.artifact.instruction)
+            edits.setdefault(key, []).append((cluster, data))
+        else:
+            out.append((cluster, proposal))
+    for group in edits.values():
+        group.sort(key=lambda cd: (-cd[0].size, cd[0].id))
+        primary, data = group[0]
+        if len(group) > 1:
+            data = _merged_input([d for _, d in group])
+        proposal = draft(data)
+        assert proposal is not None
+        out.append((primary, proposal))
+    return out
+
+
+def _merged_input(inputs: list[DraftInput]) -> DraftInput:
+    primary = inputs[0]
+    keyword_counts: Counter[str] = Counter()
+    for data in inputs:
+        keyword_counts.update(data.keywords)
+    keywords = [k for k, _ in sorted(keyword_counts.items(), key=lambda kv: -kv[1])][:5]
+    signals: Counter[str] = Counter()
+    for data in inputs:
+        signals.update(data.evidence.signal_counts)
+    examples = list(primary.evidence.examples)
+    examples += [d.evidence.examples[0] for d in inputs[1:] if d.evidence.examples]
+    evidence = primary.evidence.model_copy(
+        update={
+            "size": sum(d.evidence.size for d in inputs),
+            "signal_counts": dict(sorted(signals.items())),
+            "examples": examples,
+            "related_cluster_ids": [d.cluster_id for d in inputs[1:]],
+        }
+    )
+    return replace(
+        primary,
+        keywords=keywords,
+        members=[m for d in inputs for m in d.members],
+        evidence=evidence,
+    )
+
+
+def _upsert(session: Session, cluster: Cluster, proposal: AnyProposal, result: ProposeResult) -> None:
+    payload = proposal.model_dump(mode="json")
+    fingerprint = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    kind = proposal.kind.value
+    open_row = session.scalars(
+        select(ProposalRow).where(
+            ProposalRow.cluster_id == cluster.id,
+            ProposalRow.kind == kind,
+            ProposalRow.status == ProposalStatus.PENDING,
+        )
+    ).first()
+    if open_row is not None:
+        if open_row.fingerprint == fingerprint:
+            result.unchanged.append(open_row.id)
+            return
+        open_row.payload, open_row.fingerprint, open_row.title = payload, fingerprint, proposal.title
+        open_row.version += 1
+        open_row.updated_at = utcnow()
+        record_audit(session, open_row.id, SYSTEM_ACTOR, "refresh", "pending", "pending", "ok",
+                     "evidence changed")
+        result.updated.append(open_row.id)
+        return
+    decided = session.scalar(
+        select(ProposalRow.id).where(
+            ProposalRow.cluster_id == cluster.id,
+            ProposalRow.kind == kind,
+            ProposalRow.status.in_([ProposalStatus.APPROVED, ProposalStatus.REJECTED, ProposalStatus.APPLIED]),
+        )
+    )
+    if decided is not None:
+        # Reviewers already ruled on this failure mode; do not ask them again.
+        result.unchanged.append(decided)
+        return
+    row = ProposalRow(
+        id=f"p_{uuid.uuid4().hex[:16]}",
+        app_id=cluster.app_id,
+        cluster_id=cluster.id,
+        kind=kind,
+        status=ProposalStatus.PENDING,
+        version=1,
+        title=proposal.title,
+        payload=payload,
+        fingerprint=fingerprint,
+    )
+    session.add(row)
+    session.flush()
+    record_audit(session, row.id, SYSTEM_ACTOR, "create", None, "pending", "ok", None)
+    result.created.append(row.id)
 
 
 def _draft_input(session: Session, cluster: Cluster, settings: Settings, model: str) -> DraftInput:

@@ -24,7 +24,9 @@ class TransitionRefused(Exception):
 def check_transition(current: str, target: str) -> None:
     if target not in ALLOWED.get(current, set()):
         allowed = ", ".join(sorted(ALLOWED.get(current, set()))) or "nothing"
-        raise TransitionRefused(f"cannot move a {current} proposal to {target}; {current} allows {allowed}")
+        raise TransitionRefused(
+            f"cannot move a proposal from {current} to {target}; from {current} only: {allowed}"
+        )
 
 
 def record_audit(

@@ -1,0 +1,189 @@
+"""Every Prometheus metric of llm-refinery, in one registry (`REGISTRY`).
+
+Stages import the metric they update from here; nothing defines a metric elsewhere, so this file
+is the catalogue an operator reads when writing dashboards and alerts. Names follow Prometheus
+conventions: `_total` for counters, base units (seconds, records) in the name.
+
+Processes: each role is its own process and serves its own /metrics. Celery's prefork pool runs
+tasks in child processes whose metrics the parent cannot see; with PROMETHEUS_MULTIPROC_DIR set
+(the deployments set it for the worker) prometheus_client writes every process's values to files
+there, and `scrape_registry()` aggregates them. The directory must be empty when the worker starts
+(a tmpfs / emptyDir), and the worker must call
+`prometheus_client.multiprocess.mark_process_dead(pid)` when a child exits.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# prometheus_client picked its value class at import from this env var; the files go there as
+# soon as a metric below is created, so the directory must exist first.
+if os.environ.get(MULTIPROC_ENV):
+    os.makedirs(os.environ[MULTIPROC_ENV], exist_ok=True)
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+"""The one registry. Not prometheus_client's global default, so that importing a library that
+registers its own metrics cannot collide with ours or leak into /metrics."""
+
+_NS = "refinery"
+
+# --- ingest ---------------------------------------------------------------------------------
+
+# Records polled from Kafka and handled (stored, dead-lettered or dropped as duplicate), by topic.
+# rate() of this is the ingest throughput.
+EVENTS_CONSUMED = Counter(
+    "events_consumed",
+    "Kafka records consumed and handled, by topic.",
+    ["topic"],
+    namespace=_NS,
+    registry=REGISTRY,
+)
+
+# Invalid records sent to the dead-letter topic, by reason (the error taxonomy's reason code,
+# e.g. invalid_json, schema, too_large, unknown_version). A rise in one reason after a producer
+# deploy is the usual alert.
+EVENTS_DEAD_LETTERED = Counter(
+    "events_dead_lettered",
+    "Records sent to the dead-letter topic, by reason.",
+    ["reason"],
+    namespace=_NS,
+    registry=REGISTRY,
+)
+
+# Records whose event_id was already stored (redelivery after a crash or rebalance, or a producer
+# retry). Non-zero is normal under at-least-once delivery; a ratio near 1 means offsets are not
+# being committed.
+EVENTS_DUPLICATE = Counter(
+    "events_duplicate",
+    "Records dropped because their event_id was already stored.",
+    namespace=_NS,
+    registry=REGISTRY,
+)
+
+# Log-end offset minus committed offset, per assigned partition, refreshed by the consumer after
+# each commit. The signal to scale ingest (up to one consumer per partition).
+CONSUMER_LAG = Gauge(
+    "consumer_lag_records",
+    "Records not yet committed by the ingest consumer group, per partition.",
+    ["topic", "partition"],
+    namespace=_NS,
+    registry=REGISTRY,
+    multiprocess_mode="mostrecent",
+)
+
+# Records per poll-and-commit cycle. Batches pinned at INGEST_BATCH_MAX_RECORDS mean ingest is
+# behind; tiny batches under load mean the poll timeout is too short.
+INGEST_BATCH_SIZE = Histogram(
+    "ingest_batch_size_records",
+    "Records handled per poll-and-commit cycle.",
+    namespace=_NS,
+    registry=REGISTRY,
+    buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500),
+)
+
+# Celery embed tasks sent by ingest, each carrying up to ENQUEUE_BATCH_SIZE failing interactions.
+ENQUEUE_BATCHES = Counter(
+    "enqueue_batches",
+    "Batches of failing interactions enqueued for embedding.",
+    namespace=_NS,
+    registry=REGISTRY,
+)
+
+# --- embedding ------------------------------------------------------------------------------
+
+# Texts encoded by the model (cache misses only); with EMBEDDING_CACHE_HITS, the cache hit ratio.
+EMBEDDING_TEXTS = Counter(
+    "embedding_texts",
+    "Texts encoded by the embedding model.",
+    namespace=_NS,
+    registry=REGISTRY,
+)
+
+# Wall time of one forward pass over up to EMBEDDING_BATCH_SIZE texts, the cost that sizes the
+# worker fleet.
+EMBEDDING_BATCH_SECONDS = Histogram(
+    "embedding_batch_seconds",
+    "Seconds per embedding batch (one encoder call).",
+    namespace=_NS,
+    registry=REGISTRY,
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+
+# Texts whose embedding was found in the cache and not recomputed.
+EMBEDDING_CACHE_HITS = Counter(
+    "embedding_cache_hits",
+    "Texts whose embedding came from the cache.",
+    namespace=_NS,
+    registry=REGISTRY,
+)
+
+# --- clustering and proposals ---------------------------------------------------------------
+
+# Clusters of failing queries after the last re-cluster, per app (outliers excluded). Set by the
+# single cluster writer of each app.
+CLUSTERS = Gauge(
+    "clusters",
+    "Clusters after the last re-cluster, per app.",
+    ["app_id"],
+    namespace=_NS,
+    registry=REGISTRY,
+    multiprocess_mode="mostrecent",
+)
+
+# Proposals entering a status, by kind (prompt_edit, rag_source, finetune_dataset) and status
+# (pending, approved, rejected, superseded, applied). A counter, not a gauge, so that every
+# process counts its own transitions and the sum is right: the pending backlog is
+# created(pending) - decided(approved+rejected+superseded).
+PROPOSALS = Counter(
+    "proposals",
+    "Proposals entering a status, by kind and status.",
+    ["kind", "status"],
+    namespace=_NS,
+    registry=REGISTRY,
+)
+
+# --- review and outbox ----------------------------------------------------------------------
+
+# Every review attempt, by decision asked (approve, reject, edit) and outcome (applied, conflict
+# when another reviewer won the race, invalid). Conflicts are expected; a burst means two
+# reviewers work the same queue.
+REVIEW_DECISIONS = Counter(
+    "review_decisions",
+    "Review attempts, by decision and outcome.",
+    ["decision", "outcome"],
+    namespace=_NS,
+    registry=REGISTRY,
+)
+
+# Outbox rows not yet published to the approved-refinements topic, as seen by the relay at its
+# last pass. Growing means Kafka is unreachable or the relay is down.
+OUTBOX_BACKLOG = Gauge(
+    "outbox_backlog_rows",
+    "Outbox rows waiting to be published.",
+    namespace=_NS,
+    registry=REGISTRY,
+    multiprocess_mode="mostrecent",
+)
+
+# Outbox rows published (acknowledged by Kafka) and marked sent.
+OUTBOX_PUBLISHED = Counter(
+    "outbox_published",
+    "Outbox rows published to the approved-refinements topic.",
+    namespace=_NS,
+    registry=REGISTRY,
+)
+
+
+def scrape_registry() -> CollectorRegistry:
+    """The registry a /metrics endpoint should serve: `REGISTRY`, or, when
+    PROMETHEUS_MULTIPROC_DIR is set, a registry aggregating every process's files there."""
+    path = os.environ.get(MULTIPROC_ENV)
+    if not path:
+        return REGISTRY
+    aggregated = CollectorRegistry()
+    multiprocess.MultiProcessCollector(aggregated, path=path)
+    return aggregated

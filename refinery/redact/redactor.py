@@ -1,0 +1,420 @@
+"""PII redaction of free text: emails, phone numbers, payment cards, IBANs, IP addresses and
+configured extra patterns, each replaced by a typed placeholder such as ``<EMAIL>``.
+
+Owns the detection rules (regexes plus checksums) and nothing else: it never logs, stores or
+counts the text it sees, and it is pure (no I/O, no settings read at import), so every stage
+can call it before text leaves the process.
+
+Contract of `Redactor.redact`:
+- Idempotent: ``redact(redact(x)) == redact(x)``.
+- Placeholders already in the text are left intact; no pattern matches inside one.
+- Linear time: every built-in regex is anchored by a look-behind that stops it from restarting
+  inside a run it has already rejected, quantifiers are bounded or possessive, and candidates
+  are checked in Python (Luhn, mod-97, `ipaddress`) only after a cheap structural match.
+- Never raises on any ``str`` (lone surrogates, NULs, huge strings).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from refinery.settings import Settings
+
+EMAIL, IBAN, CARD, IP, PHONE = "EMAIL", "IBAN", "CARD", "IP", "PHONE"
+# Order of the passes. Validated kinds go first so a looser pass (PHONE) never claims part of
+# a card or an IBAN; EMAIL first because an address can hold digits that look like anything.
+BUILTIN_KINDS: tuple[str, ...] = (EMAIL, IBAN, CARD, IP, PHONE)
+
+# Redaction repeats until nothing changes: a replacement can change what its neighbours look
+# like (a placeholder is a boundary where a digit was not). Real text settles in one or two
+# rounds; the cap only bounds adversarial input.
+_MAX_ROUNDS = 4
+
+_NAME_RE = re.compile(r"[A-Z][A-Z0-9_]*")
+_DIGITS_RE = re.compile(r"[0-9]+")
+_ANY_DIGIT_RE = re.compile(r"[0-9]")
+
+# A validator gets a structural match and returns where the PII inside it ends (the match may
+# have run on past it, e.g. into a CVV after a card), or None to reject the candidate.
+_Validator = Callable[[re.Match[str]], int | None]
+
+
+@dataclass(frozen=True)
+class _Rule:
+    regex: re.Pattern[str]
+    validate: _Validator | None = None
+
+
+@dataclass(frozen=True)
+class _Detector:
+    kind: str
+    rules: tuple[_Rule, ...]
+    # Cheap test that the text could hold this kind at all; skips the scan when it cannot.
+    may_contain: Callable[[str], bool]
+    # Extra patterns are user-written and may match placeholder text; built-ins cannot.
+    guard_placeholders: bool = False
+
+
+# --- checksums ----------------------------------------------------------------------------
+
+
+def luhn_valid(digits: str) -> bool:
+    """Luhn (mod-10) check of a string of ASCII digits."""
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        v = ord(ch) - 48
+        if i & 1:
+            v = v * 2 - 9 if v > 4 else v * 2
+        total += v
+    return total % 10 == 0
+
+
+def iban_valid(iban: str) -> bool:
+    """ISO 13616 mod-97 check of a compact, upper-case IBAN (no spaces)."""
+    if not (iban[:2].isalpha() and iban[2:4].isdigit() and iban.isalnum() and iban.isascii()):
+        return False
+    rearranged = iban[4:] + iban[:4]
+    return int("".join(str(int(c, 36)) for c in rearranged)) % 97 == 1
+
+
+# IBAN length per country (ISO 13616 registry). Unknown country codes fall back to any length
+# from 15 to 34 that passes mod-97 at a group boundary.
+IBAN_LENGTHS: Mapping[str, int] = {
+    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22,
+    "BI": 27, "BR": 29, "BY": 28, "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22, "DJ": 27,
+    "DK": 18, "DO": 28, "EE": 20, "EG": 29, "ES": 24, "FI": 18, "FK": 18, "FO": 18, "FR": 27,
+    "GB": 22, "GE": 22, "GI": 23, "GL": 18, "GR": 27, "GT": 28, "HR": 21, "HU": 28, "IE": 22,
+    "IL": 23, "IQ": 23, "IS": 26, "IT": 27, "JO": 30, "KW": 30, "KZ": 20, "LB": 28, "LC": 32,
+    "LI": 21, "LT": 20, "LU": 20, "LV": 21, "LY": 25, "MC": 27, "MD": 24, "ME": 22, "MK": 19,
+    "MN": 20, "MR": 27, "MT": 31, "MU": 30, "NI": 28, "NL": 18, "NO": 15, "OM": 23, "PK": 24,
+    "PL": 28, "PS": 29, "PT": 25, "QA": 29, "RO": 24, "RS": 22, "RU": 33, "SA": 24, "SC": 31,
+    "SD": 18, "SE": 24, "SI": 19, "SK": 24, "SM": 27, "SO": 23, "ST": 25, "SV": 28, "TL": 23,
+    "TN": 24, "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20,
+}  # fmt: skip
+
+
+# --- EMAIL --------------------------------------------------------------------------------
+# Unicode-aware (internationalised local parts and domains); labels and the local part are
+# bounded so a failed candidate costs O(64), and the look-behind stops restarts inside a word.
+_EMAIL_RE = re.compile(
+    r"(?<![\w.%+-])[\w.%+-]{1,64}@"
+    r"(?:[^\W_](?:[\w-]{0,61}[^\W_])?\.){1,8}[^\W\d_]{2,63}(?![\w-])"
+)
+
+# --- IBAN ---------------------------------------------------------------------------------
+# Compact ("DE89370400440532013000") or in groups of four ("DE89 3704 0044 0532 0130 00").
+# The grouped form may run one group past the IBAN ("BE68 5390 0754 7034 is"); the validator
+# cuts it at the country's length.
+_IBAN_RE = re.compile(
+    r"(?<![0-9A-Za-z])[A-Za-z]{2}[0-9]{2}"
+    r"(?:[0-9A-Za-z]{11,30}(?![0-9A-Za-z])|(?:\ [0-9A-Za-z]{4}){2,7}(?:\ [0-9A-Za-z]{1,4})?)"
+)
+
+
+def _iban_end(m: re.Match[str]) -> int | None:
+    s = m.group()
+    ends: list[tuple[int, int]] = []  # (alphanumerics so far, offset in s) at group boundaries
+    n = 0
+    for i, ch in enumerate(s):
+        if ch == " ":
+            ends.append((n, i))
+        else:
+            n += 1
+    ends.append((n, len(s)))
+    compact = s.replace(" ", "").upper()
+    want = IBAN_LENGTHS.get(compact[:2])
+    for count, offset in reversed(ends):
+        if (count == want if want else 15 <= count <= 34) and iban_valid(compact[:count]):
+            return m.start() + offset
+    return None
+
+
+# --- CARD ---------------------------------------------------------------------------------
+# 13-19 digits, contiguous or in groups (4-4-4-4, 4-6-5, 4-6-4, 4-4-4-4-3) with one kind of
+# separator. Not after '+' (that is a phone number). The grouped form runs on over following
+# groups (a CVV, say); the validator keeps the longest Luhn-valid prefix of 13-19 digits.
+_CARD_RE = re.compile(
+    r"(?<![0-9+])(?:[0-9]{4}(?P<sep>[ -])[0-9]{3,6}(?:(?P=sep)[0-9]{1,6})*+|[0-9]{13,19}(?![0-9]))"
+)
+
+
+def _card_end(m: re.Match[str]) -> int | None:
+    s = m.group()
+    if m.group("sep") is None:  # contiguous: the regex already fixed the length
+        return m.end() if luhn_valid(s) else None
+    digits = ""
+    ends: list[tuple[int, int]] = []
+    for g in _DIGITS_RE.finditer(s):
+        digits += g.group()
+        if len(digits) > 19:
+            break
+        if len(digits) >= 13:
+            ends.append((len(digits), g.end()))
+    for count, offset in reversed(ends):
+        if luhn_valid(digits[:count]):
+            return m.start() + offset
+    return None
+
+
+# --- IP -----------------------------------------------------------------------------------
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+# Not after a letter or a dot: "v1.2.3.4" and "1.2.3.4.5" are versions, not addresses.
+_IPV4_RE = re.compile(
+    rf"(?<![0-9A-Za-z_.]){_OCTET}(?:\.{_OCTET}){{3}}(?![0-9]|\.[0-9])", re.ASCII
+)
+# Structural IPv6 candidate (groups of hex, '::', optional dotted IPv4 tail, optional zone);
+# `ipaddress` decides. Times like 10:30:00 reach the validator and are rejected there.
+_IPV6_RE = re.compile(
+    r"(?<![0-9A-Za-z_:.])(?:[0-9A-Fa-f]{0,4}:){2,7}"
+    r"(?:(?:[0-9]{1,3}\.){3}[0-9]{1,3}|[0-9A-Fa-f]{0,4})"
+    r"(?:%[0-9A-Za-z_.~-]{1,32})?(?![0-9A-Za-z_:]|\.[0-9])"
+)
+_HEX_RE = re.compile(r"[0-9A-Fa-f]")
+
+
+def _ipv6_end(m: re.Match[str]) -> int | None:
+    s = m.group()
+    if not _HEX_RE.search(s):  # a bare "::" in prose
+        return None
+    try:
+        ipaddress.IPv6Address(s)
+    except ValueError:
+        return None
+    return m.end()
+
+
+# --- PHONE --------------------------------------------------------------------------------
+# International: '+' or '00' then a country code and groups ("+1 (415) 555-0199",
+# "+44 (0)20 7946 0958", "0049 30 901820"). The look-ahead wants 8 digits before any work.
+_PHONE_INTL_RE = re.compile(
+    r"(?<![0-9A-Za-z_+])(?:\+|(?<![0-9])00(?=[1-9][0-9]{0,2}[ .(-]))"
+    r"(?=(?:[ .()-]{0,3}[0-9]){8})"
+    r"\(?[1-9][0-9]{0,2}\)?(?:\ ?\(0\))?(?:[ .-]?\(?[0-9]{1,6}\)?)*+"
+)
+_PHONE_INTL_DIGITS = (8, 15)
+# North American national: "(415) 555-0199", "415-555-0199", "415.555.0199", "1-800-555-0199".
+# Not after "12 " and the like: a group inside a longer digit sequence is not a phone number.
+_PHONE_NANP_RE = re.compile(
+    r"(?<![0-9+])(?<![0-9][0-9][ .-])(?:1[ .-]?)?(?:\([0-9]{3}\)\ ?|[0-9]{3}[ .-])"
+    r"[0-9]{3}[ .-][0-9]{4}(?![0-9])"
+)
+# National with a trunk 0: "020 7946 0958", "0151 496 0123", "030 901820", "(02) 9876 5432",
+# "06 12 34 56 78", "03-1234-5678", "089/1234567", "07700900123". After the area code the
+# separators must agree, which keeps dates ("01.02.2024 10:30") out.
+_PHONE_TRUNK_RE = re.compile(
+    r"(?<![0-9+])(?<![0-9][0-9][ .-])(?=(?:[ ./()-]{0,2}[0-9]){9})"
+    r"\(?0[1-9][0-9]{0,3}(?:\)\ ?|[ ./-])?[0-9]{2,8}"
+    r"(?:(?P<tsep>[ .-])[0-9]{2,8}(?:(?P=tsep)[0-9]{2,8})*+)?(?![0-9])"
+)
+_PHONE_TRUNK_DIGITS = (9, 12)
+_PHONE_GROUP_RE = re.compile(r"\(?[0-9]+\)?")
+
+
+def _intl_end(m: re.Match[str]) -> int | None:
+    s = m.group()
+    lo, hi = _PHONE_INTL_DIGITS
+    skip = 2 if s.startswith("00") else 0  # the international prefix is not part of the number
+    count, end = -skip, None
+    for g in _PHONE_GROUP_RE.finditer(s):
+        n = count + sum(c.isdigit() for c in g.group())
+        if n > hi:
+            break
+        count, end = n, g.end()
+    if end is None or count < lo:
+        return None
+    return m.start() + end
+
+
+def _trunk_end(m: re.Match[str]) -> int | None:
+    lo, hi = _PHONE_TRUNK_DIGITS
+    n = sum(c.isdigit() for c in m.group())
+    return m.end() if lo <= n <= hi else None
+
+
+def _has_digit(text: str) -> bool:
+    return _ANY_DIGIT_RE.search(text) is not None
+
+
+_BUILTIN_DETECTORS: Mapping[str, _Detector] = {
+    EMAIL: _Detector(EMAIL, (_Rule(_EMAIL_RE),), lambda t: "@" in t),
+    IBAN: _Detector(IBAN, (_Rule(_IBAN_RE, _iban_end),), _has_digit),
+    CARD: _Detector(CARD, (_Rule(_CARD_RE, _card_end),), _has_digit),
+    IP: _Detector(IP, (_Rule(_IPV4_RE), _Rule(_IPV6_RE, _ipv6_end)), lambda t: "." in t or ":" in t),
+    PHONE: _Detector(
+        PHONE,
+        (
+            _Rule(_PHONE_INTL_RE, _intl_end),
+            _Rule(_PHONE_NANP_RE),
+            _Rule(_PHONE_TRUNK_RE, _trunk_end),
+        ),
+        _has_digit,
+    ),
+}
+
+
+def _parse_extra(spec: str) -> tuple[str, re.Pattern[str]]:
+    name, sep, pattern = spec.partition("=")
+    name = name.strip()
+    if not sep or not _NAME_RE.fullmatch(name):
+        raise ValueError(f'extra redaction pattern {spec!r} is not "NAME=regex" with NAME [A-Z][A-Z0-9_]*')
+    try:
+        regex = re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"extra redaction pattern {name}: invalid regex: {exc}") from exc
+    if regex.fullmatch(""):
+        raise ValueError(f"extra redaction pattern {name} matches the empty string")
+    return name, regex
+
+
+def _spans(detector: _Detector, text: str, protected: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Spans of `detector`'s kind in `text`, sorted, overlaps merged (same placeholder)."""
+    found: list[tuple[int, int]] = []
+    for rule in detector.rules:
+        search, validate = rule.regex.search, rule.validate
+        pos, size = 0, len(text)
+        while pos <= size:
+            m = search(text, pos)
+            if m is None:
+                break
+            start = m.start()
+            end = m.end() if validate is None else validate(m)
+            if end is None or end <= start or (protected and _overlaps(protected, start, end)):
+                # Restart one past the rejected start: the look-behinds make restarts inside
+                # the rejected run fail at once, so this stays linear.
+                pos = start + 1
+                continue
+            found.append((start, end))
+            pos = end
+    if len(detector.rules) > 1:
+        found.sort()
+    merged: list[tuple[int, int]] = []
+    for start, end in found:
+        if merged and start < merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def _overlaps(protected: list[tuple[int, int]], start: int, end: int) -> bool:
+    return any(p_start < end and start < p_end for p_start, p_end in protected)
+
+
+class Redactor:
+    """Replaces PII in text with typed placeholders (``<EMAIL>``, ``<PHONE>``, ``<CARD>``,
+    ``<IBAN>``, ``<IP>``, ``<NAME>`` for an extra pattern NAME).
+
+    Build once per process (regexes are compiled at construction) and share: it holds no
+    mutable state, so it is safe across threads.
+    """
+
+    def __init__(
+        self,
+        *,
+        enabled: bool = True,
+        kinds: Iterable[str] = BUILTIN_KINDS,
+        extra_patterns: Iterable[str] = (),
+    ) -> None:
+        """`kinds`: built-in kinds to redact, applied in `BUILTIN_KINDS` order.
+        `extra_patterns`: "NAME=regex" strings, applied after the built-ins in the given order.
+        Raises ValueError on an unknown kind or a malformed pattern."""
+        wanted = [k.strip().upper() for k in kinds]
+        unknown = sorted(set(wanted) - set(BUILTIN_KINDS))
+        if unknown:
+            raise ValueError(f"unknown redaction kinds {unknown}; known: {list(BUILTIN_KINDS)}")
+        detectors = [_BUILTIN_DETECTORS[k] for k in BUILTIN_KINDS if k in wanted]
+        for spec in extra_patterns:
+            name, regex = _parse_extra(spec)
+            detectors.append(_Detector(name, (_Rule(regex),), lambda t: True, True))
+        self.enabled = enabled
+        self._detectors: tuple[_Detector, ...] = tuple(detectors)
+        self.kinds: tuple[str, ...] = tuple(dict.fromkeys(d.kind for d in detectors))
+        names = sorted(set(self.kinds) | set(BUILTIN_KINDS), key=len, reverse=True)
+        self._placeholder_re = re.compile("<(?:" + "|".join(map(re.escape, names)) + ")>")
+        self._guarded = any(d.guard_placeholders for d in detectors)
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> Redactor:
+        """A redactor configured by the `redaction_*` settings (the process's by default)."""
+        if settings is None:
+            from refinery.settings import get_settings
+
+            settings = get_settings()
+        return cls(
+            enabled=settings.redaction_enabled,
+            kinds=settings.redaction_kinds,
+            extra_patterns=settings.redaction_extra_patterns,
+        )
+
+    def redact(self, text: str) -> str:
+        """`text` with every detected PII value replaced by its placeholder."""
+        return self.redact_with_counts(text)[0]
+
+    def redact_with_counts(self, text: str) -> tuple[str, dict[str, int]]:
+        """The redacted text and how many values of each kind were replaced (kinds with none
+        are absent). The counts are safe to log; the values never are."""
+        counts: dict[str, int] = {}
+        if not self.enabled or not text:
+            return text, counts
+        for _ in range(_MAX_ROUNDS):
+            text, changed = self._round(text, counts)
+            if not changed:
+                break
+        return text, counts
+
+    def _round(self, text: str, counts: dict[str, int]) -> tuple[str, bool]:
+        changed = False
+        for detector in self._detectors:
+            if not detector.may_contain(text):
+                continue
+            protected: list[tuple[int, int]] = []
+            if detector.guard_placeholders and "<" in text:
+                protected = [m.span() for m in self._placeholder_re.finditer(text)]
+            spans = _spans(detector, text, protected)
+            if not spans:
+                continue
+            placeholder = f"<{detector.kind}>"
+            parts: list[str] = []
+            last = 0
+            for start, end in spans:
+                parts.append(text[last:start])
+                parts.append(placeholder)
+                last = end
+            parts.append(text[last:])
+            text = "".join(parts)
+            counts[detector.kind] = counts.get(detector.kind, 0) + len(spans)
+            changed = True
+        return text, changed
+
+
+@lru_cache(maxsize=1)
+def default_redactor() -> Redactor:
+    """The process's redactor, built from its settings on first use."""
+    return Redactor.from_settings()
+
+
+def redact_json_strings(obj: Any, redactor: Redactor | None = None) -> Any:
+    """A copy of the JSON-like `obj` (dicts, lists, tuples, scalars) with every string redacted,
+    dict keys included (a key can be an email as easily as a value can). Numbers, booleans and
+    None pass through unchanged. When two keys redact to the same string the later one wins.
+    Nesting depth is bounded by the event schema (`max_json_depth`), not here."""
+    r = redactor if redactor is not None else default_redactor()
+    return _walk(obj, r)
+
+
+def _walk(obj: Any, r: Redactor) -> Any:
+    if isinstance(obj, str):
+        return r.redact(obj)
+    if isinstance(obj, Mapping):
+        return {(r.redact(k) if isinstance(k, str) else k): _walk(v, r) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_walk(v, r) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_walk(v, r) for v in obj)
+    return obj
