@@ -1,7 +1,8 @@
 """`refinery`: one command for every role and for reviewers.
 
 Roles (long-running): ingest, worker, beat, relay. One-shots: migrate, demo, produce.
-People: review list|show|approve|reject, prompts set|show.
+People: review list|show|approve|reject|edit|applied, prompts set|show, tokens create|list|revoke,
+api (the review API and web UI).
 """
 
 from __future__ import annotations
@@ -168,6 +169,9 @@ def cmd_review(settings: Settings, args: argparse.Namespace) -> int:
         proposal_history,
         reject,
     )
+    from pydantic import ValidationError
+
+    from refinery.review.actions import InvalidEdit, edit_proposal, mark_applied
 
     sessions = _sessions(settings)
     try:
@@ -190,6 +194,11 @@ def cmd_review(settings: Settings, args: argparse.Namespace) -> int:
         if args.review_cmd == "approve":
             row = approve(sessions, args.id, actor=actor, topic=settings.topic_approved, comment=args.comment,
                           expected_version=args.version)
+        elif args.review_cmd == "applied":
+            row = mark_applied(sessions, args.id, actor=actor, comment=args.comment, expected_version=args.version)
+        elif args.review_cmd == "edit":
+            row = edit_proposal(sessions, args.id, actor=actor, edit=_artifact_edit(args), comment=args.comment,
+                                expected_version=args.version)
         else:
             row = reject(sessions, args.id, actor=actor, comment=args.comment, expected_version=args.version)
         print(f"{row.id}: {row.status} (version {row.version}) by {actor}")
@@ -197,9 +206,70 @@ def cmd_review(settings: Settings, args: argparse.Namespace) -> int:
     except ProposalNotFound as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 4
+    except (InvalidEdit, ValidationError, OSError) as exc:
+        print(f"invalid: {exc}", file=sys.stderr)
+        return 2
     except (DecisionConflict, TransitionRefused) as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 3
+
+
+def _artifact_edit(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """`review edit` options -> ArtifactEdit (files are read as UTF-8; the dataset as JSONL)."""
+    from refinery.review.actions import ArtifactEdit, DatasetRow
+
+    fields: dict[str, object] = {}
+    if args.proposed_text_file:
+        fields["proposed_text"] = Path(args.proposed_text_file).read_text(encoding="utf-8")
+    if args.topic:
+        fields["topic"] = args.topic
+    if args.must_cover:
+        fields["must_cover"] = args.must_cover
+    if args.query:
+        fields["representative_queries"] = args.query
+    if args.rows_file:
+        lines = Path(args.rows_file).read_text(encoding="utf-8").splitlines()
+        fields["rows"] = [DatasetRow.model_validate_json(line) for line in lines if line.strip()]
+    return ArtifactEdit(**fields)
+
+
+def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from refinery.api.app import create_app
+    from refinery.store.db import migrate
+
+    migrate(settings.database_url)
+    log.info("review API and web UI on http://%s:%d/ (OpenAPI at /docs)", args.host, settings.api_port)
+    uvicorn.run(create_app(settings), host=args.host, port=settings.api_port, log_level=args.log_level.lower(),
+                proxy_headers=True, server_header=False)
+    return 0
+
+
+def cmd_tokens(settings: Settings, args: argparse.Namespace) -> int:
+    from refinery.api.tokens import Role, create_token, list_tokens, revoke_token
+
+    sessions = _sessions(settings)
+    with sessions.begin() as session:
+        if args.tokens_cmd == "create":
+            try:
+                row, secret = create_token(session, name=args.token_name, role=Role(args.role), created_by="cli")
+            except ValueError as exc:
+                print(f"invalid: {exc}", file=sys.stderr)
+                return 2
+            print(f"created token {row.id} ({row.role}) for {row.name}; it is shown only once:", file=sys.stderr)
+            print(secret)
+            return 0
+        if args.tokens_cmd == "revoke":
+            if revoke_token(session, args.id) is None:
+                print(f"error: no token {args.id!r}", file=sys.stderr)
+                return 4
+            print(f"revoked {args.id}")
+            return 0
+        for row in list_tokens(session):
+            state = f"revoked {row.revoked_at:%Y-%m-%d}" if row.revoked_at else "active"
+            print(f"{row.id:<20} {row.role:<9} {state:<18} {row.name}")
+        return 0
 
 
 def cmd_prompts(settings: Settings, args: argparse.Namespace) -> int:
@@ -263,13 +333,34 @@ def build_parser() -> argparse.ArgumentParser:
     q = review.add_parser("show")
     q.add_argument("id")
     q.add_argument("--json", action="store_true")
-    for name in ("approve", "reject"):
-        q = review.add_parser(name)
+    for name in ("approve", "reject", "applied", "edit"):
+        q = review.add_parser(name, help={"applied": "approved -> applied (downstream acknowledged it)",
+                                          "edit": "change a pending proposal's artifact"}.get(name))
         q.add_argument("id")
         q.add_argument("--comment")
         q.add_argument("--actor", default="cli")
-        q.add_argument("--version", type=int, help="fail unless the proposal is at this version")
+        q.add_argument("--version", type=int, help="fail unless the proposal is at this version",
+                       required=name == "edit")
+    q.add_argument("--proposed-text-file", help="system_prompt_edit: file with the new proposed prompt")
+    q.add_argument("--topic", help="rag_source: new topic")
+    q.add_argument("--must-cover", action="append", help="rag_source: a must-cover item (repeat; replaces all)")
+    q.add_argument("--query", action="append", help="rag_source: a representative query (repeat; replaces all)")
+    q.add_argument("--rows-file", help="fine_tune_dataset: JSONL file of {'messages': [...]} rows (replaces all)")
     p.set_defaults(func=cmd_review)
+
+    p = sub.add_parser("api", help="serve the review API and web UI on API_PORT")
+    p.add_argument("--host", default="0.0.0.0")
+    p.set_defaults(func=cmd_api)
+
+    p = sub.add_parser("tokens", help="API tokens of the review API")
+    tokens = p.add_subparsers(dest="tokens_cmd", required=True)
+    q = tokens.add_parser("create", help="create a token and print it (once)")
+    q.add_argument("--role", required=True, choices=["viewer", "reviewer", "admin"])
+    q.add_argument("--name", dest="token_name", required=True, help="who holds it (the audit log's actor)")
+    tokens.add_parser("list", help="list tokens (never their secrets)")
+    q = tokens.add_parser("revoke", help="revoke a token by id")
+    q.add_argument("id")
+    p.set_defaults(func=cmd_tokens)
 
     p = sub.add_parser("prompts", help="the prompt registry")
     prompts = p.add_subparsers(dest="prompts_cmd", required=True)

@@ -139,6 +139,9 @@ class Settings(BaseSettings):
         " 0 disables (local runs); the image sets 8081.",
     )
     api_port: int = Field(8000, description="Port of `refinery api` (review API, collector, health).")
+    api_max_body_bytes: int = Field(
+        1_048_576, description="Largest request body `refinery api` accepts; larger ones get 413."
+    )
 
     @property
     def embedded_kafka(self) -> bool:

@@ -1,0 +1,106 @@
+"""The review API and web UI: `create_app(settings) -> FastAPI`, served by `refinery api`.
+
+One router per resource under refinery/api/routes/; another stage adds its own with one
+`app.include_router(...)` line (the HTTP event collector, say). Errors: unknown ids 404, invalid
+transitions and lost races 409, bad input 422 naming the field, bodies over API_MAX_BODY_BYTES
+413; a database error caused by input the validators let through is a 422, not a 500.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import re
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from sqlalchemy.exc import DataError
+from sqlalchemy.orm import Session, sessionmaker
+
+from refinery.api.middleware import BodySizeLimit, SecurityHeaders
+from refinery.api.routes import health, prompts, proposals, tokens, ui
+from refinery.review.actions import InvalidEdit
+from refinery.review.service import ProposalNotFound
+from refinery.settings import Settings
+from refinery.store.db import session_factory
+
+log = logging.getLogger(__name__)
+
+API_VERSION = "1.0"
+
+
+def create_app(settings: Settings, *, sessions: sessionmaker[Session] | None = None) -> FastAPI:
+    """The ASGI app. The schema must be migrated already (`refinery api` does it at start)."""
+    app = FastAPI(
+        title="llm-refinery review API",
+        version=API_VERSION,
+        description=(
+            "The reviewers' queue: proposals with their evidence, edit, approve, reject, mark "
+            "applied; the prompt registry; API tokens. Authenticate with `Authorization: Bearer "
+            "<token>` (roles viewer < reviewer < admin). The web UI is at /ui/."
+        ),
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.sessions = sessions or session_factory(settings.database_url)
+
+    app.include_router(health.router)
+    app.include_router(proposals.router)
+    app.include_router(prompts.router)
+    app.include_router(tokens.router)
+    app.include_router(ui.router)
+
+    app.add_exception_handler(ProposalNotFound, proposals.not_found_handler)  # type: ignore[arg-type]
+    app.add_exception_handler(InvalidEdit, proposals.invalid_edit_handler)  # type: ignore[arg-type]
+    app.add_exception_handler(ui.LoginRequired, ui.login_required_handler)  # type: ignore[arg-type]
+    app.add_exception_handler(DataError, _data_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse("/ui/", status_code=303)
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        page = get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json", title=app.title)
+        return _with_hashed_scripts(page)
+
+    # Outermost last: security headers wrap everything, the 413 included.
+    app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
+    app.add_middleware(SecurityHeaders)
+    return app
+
+
+def _with_hashed_scripts(page: HTMLResponse) -> HTMLResponse:
+    """Swagger UI needs its CDN assets and one inline script: allow exactly those (by hash)."""
+    body = bytes(page.body).decode()
+    hashes = " ".join(
+        "'sha256-" + base64.b64encode(hashlib.sha256(script.encode()).digest()).decode() + "'"
+        for script in re.findall(r"<script>(.*?)</script>", body, flags=re.S)
+    )
+    page.headers["content-security-policy"] = (
+        f"default-src 'none'; script-src https://cdn.jsdelivr.net {hashes}; "
+        "style-src https://cdn.jsdelivr.net; img-src 'self' data: https://fastapi.tiangolo.com; "
+        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'"
+    )
+    return page
+
+
+def _data_error(_request: Request, exc: DataError) -> JSONResponse:
+    log.info("database refused a value: %s", exc.orig)
+    return JSONResponse({"detail": "a value is out of range or malformed for the database"}, status_code=422)
+
+
+def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 body, minus the echo of the input (bounded output for unbounded input)."""
+    if request.url.path.startswith("/ui/"):
+        return ui.validation_error_page(request, exc)
+    errors = [
+        {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+        for e in exc.errors()
+    ]
+    return JSONResponse({"detail": errors}, status_code=422)

@@ -1,0 +1,214 @@
+"""Request and response bodies of the review API (the OpenAPI schema is generated from these).
+
+Families as in the house style: `*Public` is what a reader gets back, `*Create` / `*Update` /
+`Decision` what a writer sends. Every free-text input is `CleanText` (no NUL, no lone surrogates)
+and bounded, so bad input is a 422, never a database error.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from refinery.api.tokens import NAME_PATTERN, Role
+from refinery.review.actions import ArtifactEdit, CleanText
+from schemas.proposals import (
+    Evidence,
+    ProposalKind,
+    ProposalStatus,
+    RagSourceManifest,
+    SystemPromptEdit,
+)
+
+MAX_VERSION = 2**31 - 1
+Version = Annotated[int, Field(ge=1, le=MAX_VERSION, description="The proposal version you read.")]
+Comment = Annotated[CleanText, Field(max_length=4_000)]
+
+
+class ErrorPublic(BaseModel):
+    detail: str
+
+
+class ConflictPublic(ErrorPublic):
+    status: str | None = Field(None, description="The proposal's status now.")
+    version: int | None = Field(None, description="The proposal's version now.")
+
+
+# --- proposals ------------------------------------------------------------------------------
+
+
+class ProposalSummary(BaseModel):
+    id: str
+    app_id: str
+    kind: ProposalKind
+    status: ProposalStatus
+    version: int
+    cluster_id: str
+    title: str
+    size: int | None = Field(None, description="Failing interactions in the cluster (evidence).")
+    created_at: datetime
+    updated_at: datetime
+    decided_by: str | None = None
+    decided_at: datetime | None = None
+
+
+class ProposalListPublic(BaseModel):
+    total: int
+    limit: int
+    offset: int
+    items: list[ProposalSummary]
+
+
+class AuditPublic(BaseModel):
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    from_status: str | None
+    to_status: str | None
+    outcome: str = Field(description="ok or refused.")
+    detail: str | None
+
+
+class ClusterPublic(BaseModel):
+    id: str
+    label: str
+    size: int = Field(description="Members now (the evidence's size is as of the proposal).")
+    active: bool
+    updated_at: datetime
+
+
+class TrendPublic(BaseModel):
+    window_days: int
+    recent: int = Field(description="Failing interactions in the cluster in the last window.")
+    previous: int = Field(description="... in the window before it.")
+    direction: Literal["rising", "falling", "flat"]
+
+
+class DiffLine(BaseModel):
+    op: Literal["+", "-", " ", "@", "h"] = Field(
+        description="+ added, - removed, space context, @ hunk header, h file header."
+    )
+    text: str
+
+
+class PromptEditView(SystemPromptEdit):
+    kind: Literal[ProposalKind.SYSTEM_PROMPT_EDIT] = ProposalKind.SYSTEM_PROMPT_EDIT
+    diff_lines: list[DiffLine]
+    added: int
+    removed: int
+
+
+class RagManifestView(RagSourceManifest):
+    kind: Literal[ProposalKind.RAG_SOURCE] = ProposalKind.RAG_SOURCE
+
+
+class ChatMessagePublic(BaseModel):
+    role: str
+    content: str
+
+
+class DatasetRowPublic(BaseModel):
+    messages: list[ChatMessagePublic]
+
+
+class DatasetView(BaseModel):
+    kind: Literal[ProposalKind.FINE_TUNE_DATASET] = ProposalKind.FINE_TUNE_DATASET
+    format: str
+    system_prompt: str
+    rows: int = Field(description="Rows in the dataset.")
+    role_counts: dict[str, int] = Field(description="Messages per role over all rows.")
+    invalid_lines: int = Field(description="Lines that are not a {'messages': [...]} object.")
+    items: list[DatasetRowPublic] = Field(description="The first `max_rows` rows.")
+    items_truncated: bool
+
+
+ArtifactView = Annotated[PromptEditView | RagManifestView | DatasetView, Field(discriminator="kind")]
+
+
+class ProposalDetail(ProposalSummary):
+    rationale: str
+    decision_comment: str | None = None
+    evidence: Evidence
+    cluster: ClusterPublic | None = Field(None, description="The cluster now, if it still exists.")
+    trend: TrendPublic | None = Field(None, description="None when the cluster has no dated failures.")
+    artifact: ArtifactView
+    history: list[AuditPublic]
+
+
+class Decision(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    expected_version: Version
+    comment: Comment | None = None
+
+
+class AppliedAck(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    expected_version: Version | None = None
+    comment: Comment | None = Field(None, description="E.g. the downstream job or deploy id.")
+
+
+class ProposalUpdate(ArtifactEdit):
+    """PATCH body: the artifact fields to change, the version you edited, and why."""
+
+    expected_version: Version
+    comment: Comment | None = None
+
+
+# --- prompts --------------------------------------------------------------------------------
+
+
+class PromptPublic(BaseModel):
+    app_id: str
+    name: str
+    version: str
+    seq: int
+    text: str
+    source: str
+    created_at: datetime
+    current: bool = Field(description="Whether this is the current version.")
+    current_version: str
+
+
+class PromptUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: CleanText = Field(min_length=1, max_length=200_000)
+    base_version: Annotated[CleanText, Field(max_length=128)] | None = Field(
+        None, description="Refuse (409) unless this is the current version (optimistic write)."
+    )
+
+
+# --- tokens ---------------------------------------------------------------------------------
+
+TokenName = Annotated[str, Field(pattern=NAME_PATTERN)]
+
+
+class TokenCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: TokenName = Field(description="Who holds it; the audit log's actor.")
+    role: Role
+
+
+class TokenPublic(BaseModel):
+    id: str
+    name: str
+    role: Role
+    created_at: datetime
+    created_by: str | None
+    revoked_at: datetime | None
+
+
+class TokenCreated(TokenPublic):
+    token: str = Field(description="The secret. Shown once; only its hash is stored.")
+
+
+class WhoAmI(BaseModel):
+    token_id: str
+    name: str
+    role: Role

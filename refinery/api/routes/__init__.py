@@ -1,0 +1,1 @@
+"""One router per resource: proposals, prompts, tokens, health, and the web UI."""

@@ -1,0 +1,259 @@
+"""/v1/proposals: the review queue. Read with `viewer`; edit, approve, reject, mark applied with
+`reviewer`. Writes name the version they read (optimistic versioning): of two concurrent writers
+exactly one wins, the other gets 409, and both attempts are in the proposal's history."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Query, Response
+from fastapi.responses import JSONResponse
+from pydantic import AfterValidator
+from sqlalchemy.orm import Session, sessionmaker
+
+from refinery.api import views
+from refinery.api.deps import (
+    ProposalId,
+    SessionDep,
+    SessionsDep,
+    SettingsDep,
+    Viewer,
+    reviewer_acting_on,
+)
+from refinery.api.models import (
+    AppliedAck,
+    AuditPublic,
+    ConflictPublic,
+    Decision,
+    ErrorPublic,
+    ProposalDetail,
+    ProposalListPublic,
+    ProposalUpdate,
+)
+from refinery.api.tokens import Principal
+from refinery.ops.metrics import PROPOSALS, REVIEW_DECISIONS
+from refinery.review import actions, service
+from refinery.review.service import DecisionConflict, ProposalFilter, ProposalNotFound
+from refinery.review.transitions import TransitionRefused
+from schemas.events import AppId
+from schemas.proposals import ProposalKind, ProposalStatus
+
+router = APIRouter(prefix="/v1/proposals", tags=["proposals"])
+
+_AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorPublic, "description": "No token, or an unknown or revoked one."},
+    403: {"model": ErrorPublic, "description": "The token's role is too low."},
+}
+_ONE_ERRORS: dict[int | str, dict[str, Any]] = {
+    **_AUTH_ERRORS,
+    404: {"model": ErrorPublic, "description": "No such proposal."},
+}
+_WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
+    **_ONE_ERRORS,
+    409: {"model": ConflictPublic, "description": "Not allowed from its status, or another write won."},
+    413: {"model": ErrorPublic, "description": "Body larger than API_MAX_BODY_BYTES."},
+}
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """Stored times are UTC; a time without a zone is taken as UTC."""
+    if value is None:
+        return None
+    try:
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    except OverflowError as exc:  # e.g. 0001-01-01T00:00+01:00
+        raise ValueError("out of range once converted to UTC") from exc
+
+
+UtcTime = Annotated[datetime | None, AfterValidator(_utc)]
+ClusterId = Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_-]{1,40}$", description="Cluster id (c_...).")]
+
+
+@router.get("", response_model=ProposalListPublic, responses=_AUTH_ERRORS)
+def list_proposals(
+    _: Viewer,
+    session: SessionDep,
+    app: Annotated[AppId | None, Query(description="Only this app's proposals.")] = None,
+    kind: ProposalKind | None = None,
+    status: ProposalStatus | None = None,
+    cluster: ClusterId = None,
+    created_after: Annotated[UtcTime, Query(description="Created at or after (ISO 8601).")] = None,
+    created_before: Annotated[UtcTime, Query(description="Created before (ISO 8601).")] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
+) -> ProposalListPublic:
+    """Newest first."""
+    rows, total = service.list_proposals(
+        session,
+        ProposalFilter(
+            app_id=app,
+            kind=kind,
+            status=status,
+            cluster_id=cluster,
+            created_after=created_after,
+            created_before=created_before,
+        ),
+        limit=limit,
+        offset=offset,
+    )
+    return ProposalListPublic(total=total, limit=limit, offset=offset, items=[views.summary(r) for r in rows])
+
+
+@router.get("/{proposal_id}", response_model=ProposalDetail, responses=_ONE_ERRORS)
+def get_proposal(
+    proposal_id: ProposalId,
+    _: Viewer,
+    session: SessionDep,
+    max_rows: Annotated[int, Query(ge=0, le=10_000, description="Dataset rows to include.")] = 200,
+) -> ProposalDetail:
+    """The proposal with its evidence, its artifact rendered, and its history."""
+    row = service.get_proposal(session, proposal_id)
+    return views.detail(session, row, service.proposal_history(session, proposal_id), max_rows=max_rows)
+
+
+@router.get("/{proposal_id}/history", response_model=list[AuditPublic], responses=_ONE_ERRORS)
+def get_history(proposal_id: ProposalId, _: Viewer, session: SessionDep) -> list[AuditPublic]:
+    """Every attempt on the proposal, allowed or refused, oldest first."""
+    service.get_proposal(session, proposal_id)
+    return [views.audit_public(h) for h in service.proposal_history(session, proposal_id)]
+
+
+@router.get(
+    "/{proposal_id}/artifact",
+    responses={
+        **_ONE_ERRORS,
+        200: {
+            "description": "The prompt diff, the RAG source manifest (JSON) or the dataset (JSONL).",
+            "content": {"text/x-diff": {}, "application/json": {}, "application/x-ndjson": {}},
+        },
+    },
+)
+def download_artifact(proposal_id: ProposalId, _: Viewer, session: SessionDep) -> Response:
+    download = views.artifact_download(service.get_proposal(session, proposal_id))
+    return Response(
+        download.content,
+        media_type=download.media_type,
+        headers={"Content-Disposition": f'attachment; filename="{download.filename}"'},
+    )
+
+
+def _detail(sessions: sessionmaker[Session], proposal_id: str) -> ProposalDetail:
+    with sessions() as session:
+        row = service.get_proposal(session, proposal_id)
+        return views.detail(session, row, service.proposal_history(session, proposal_id))
+
+
+def _conflict(sessions: sessionmaker[Session], proposal_id: str, exc: Exception) -> JSONResponse:
+    with sessions() as session:
+        row = service.get_proposal(session, proposal_id)
+        body = ConflictPublic(detail=str(exc), status=row.status, version=row.version)
+    return JSONResponse(body.model_dump(), status_code=409)
+
+
+@router.patch("/{proposal_id}", response_model=ProposalDetail, responses={**_WRITE_ERRORS})
+def edit_proposal(
+    proposal_id: ProposalId,
+    body: ProposalUpdate,
+    principal: Annotated[Principal, Depends(reviewer_acting_on("edit", ProposalStatus.PENDING))],
+    sessions: SessionsDep,
+) -> Any:
+    """Edit a pending proposal's artifact before approving it. Give the fields of its kind:
+    `proposed_text` (system_prompt_edit; the diff is recomputed), `topic` /
+    `representative_queries` / `must_cover` (rag_source), `rows` (fine_tune_dataset). The edit
+    bumps the version and is recorded, with a diff, in the audit log."""
+    edit = actions.ArtifactEdit.model_validate(
+        body.model_dump(include=set(actions.ArtifactEdit.model_fields), exclude_unset=True)
+    )
+    try:
+        actions.edit_proposal(
+            sessions,
+            proposal_id,
+            actor=principal.name,
+            edit=edit,
+            expected_version=body.expected_version,
+            comment=body.comment,
+        )
+    except (DecisionConflict, TransitionRefused) as exc:
+        REVIEW_DECISIONS.labels("edit", "conflict" if isinstance(exc, DecisionConflict) else "invalid").inc()
+        return _conflict(sessions, proposal_id, exc)
+    REVIEW_DECISIONS.labels("edit", "applied").inc()
+    return _detail(sessions, proposal_id)
+
+
+@router.post("/{proposal_id}/approve", response_model=ProposalDetail, responses=_WRITE_ERRORS)
+def approve_proposal(
+    proposal_id: ProposalId,
+    body: Decision,
+    principal: Annotated[Principal, Depends(reviewer_acting_on("approve", ProposalStatus.APPROVED))],
+    sessions: SessionsDep,
+    settings: SettingsDep,
+) -> Any:
+    """pending -> approved. In the same transaction: the outbox row that `refinery relay`
+    publishes downstream, and for a system prompt edit, the prompt registry's new version."""
+    try:
+        row = service.approve(
+            sessions,
+            proposal_id,
+            actor=principal.name,
+            topic=settings.topic_approved,
+            comment=body.comment,
+            expected_version=body.expected_version,
+        )
+    except (DecisionConflict, TransitionRefused) as exc:
+        REVIEW_DECISIONS.labels("approve", "conflict" if isinstance(exc, DecisionConflict) else "invalid").inc()
+        return _conflict(sessions, proposal_id, exc)
+    REVIEW_DECISIONS.labels("approve", "applied").inc()
+    PROPOSALS.labels(row.kind, ProposalStatus.APPROVED).inc()
+    return _detail(sessions, proposal_id)
+
+
+@router.post("/{proposal_id}/reject", response_model=ProposalDetail, responses=_WRITE_ERRORS)
+def reject_proposal(
+    proposal_id: ProposalId,
+    body: Decision,
+    principal: Annotated[Principal, Depends(reviewer_acting_on("reject", ProposalStatus.REJECTED))],
+    sessions: SessionsDep,
+) -> Any:
+    """pending -> rejected."""
+    try:
+        row = service.reject(
+            sessions, proposal_id, actor=principal.name, comment=body.comment, expected_version=body.expected_version
+        )
+    except (DecisionConflict, TransitionRefused) as exc:
+        REVIEW_DECISIONS.labels("reject", "conflict" if isinstance(exc, DecisionConflict) else "invalid").inc()
+        return _conflict(sessions, proposal_id, exc)
+    REVIEW_DECISIONS.labels("reject", "applied").inc()
+    PROPOSALS.labels(row.kind, ProposalStatus.REJECTED).inc()
+    return _detail(sessions, proposal_id)
+
+
+@router.post("/{proposal_id}/applied", response_model=ProposalDetail, responses=_WRITE_ERRORS)
+def mark_applied(
+    proposal_id: ProposalId,
+    principal: Annotated[Principal, Depends(reviewer_acting_on("applied", ProposalStatus.APPLIED))],
+    sessions: SessionsDep,
+    body: Annotated[AppliedAck | None, Body()] = None,
+) -> Any:
+    """approved -> applied: a downstream system (prompt registry, RAG indexer, fine-tuning job)
+    acknowledges that the refinement is live. The body is optional."""
+    body = body or AppliedAck()
+    try:
+        row = actions.mark_applied(
+            sessions, proposal_id, actor=principal.name, comment=body.comment, expected_version=body.expected_version
+        )
+    except (DecisionConflict, TransitionRefused) as exc:
+        return _conflict(sessions, proposal_id, exc)
+    PROPOSALS.labels(row.kind, ProposalStatus.APPLIED).inc()
+    return _detail(sessions, proposal_id)
+
+
+def not_found_handler(_request: Any, exc: ProposalNotFound) -> JSONResponse:
+    return JSONResponse({"detail": str(exc.args[0]) if exc.args else "not found"}, status_code=404)
+
+
+def invalid_edit_handler(_request: Any, exc: actions.InvalidEdit) -> JSONResponse:
+    # Shaped like FastAPI's own 422s, so clients parse one format.
+    return JSONResponse(
+        {"detail": [{"loc": ["body", exc.field], "msg": exc.message, "type": "value_error"}]}, status_code=422
+    )

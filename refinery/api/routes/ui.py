@@ -1,0 +1,438 @@
+"""/ui/: the web UI. Server-rendered HTML (Jinja2, autoescape on), one stylesheet, no script.
+
+Log-in: the reviewer pastes an API token; it is kept in an HttpOnly, SameSite=Strict cookie (Secure
+over HTTPS) and checked on every request, so revoking the token logs the browser out. Every form
+that changes something carries a CSRF value derived from that token, which another site cannot
+compute. User text (queries, responses, feedback, comments) is escaped by the autoescaping
+templates, and the Content-Security-Policy forbids any script, so an injected tag stays inert text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import parse_qsl, urlencode
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, RedirectResponse
+from jinja2 import Environment, PackageLoader, StrictUndefined
+from pydantic import StringConstraints, TypeAdapter, ValidationError
+from sqlalchemy.orm import Session, sessionmaker
+
+from refinery.api import views
+from refinery.api.deps import PROPOSAL_ID_PATTERN, ProposalId, SessionsDep, SettingsDep
+from refinery.api.models import ProposalDetail
+from refinery.api.tokens import Principal, Role, authenticate
+from refinery.ops.metrics import PROPOSALS, REVIEW_DECISIONS
+from refinery.review import actions, service
+from refinery.review.service import DecisionConflict, ProposalFilter, ProposalNotFound
+from refinery.review.transitions import TransitionRefused
+from refinery.settings import Settings
+from schemas.events import AppId
+from schemas.proposals import ProposalKind, ProposalStatus
+
+router = APIRouter(prefix="/ui", include_in_schema=False)
+
+COOKIE = "refinery_token"
+COOKIE_MAX_AGE_S = 12 * 3600  # a working day; the token itself lives until revoked
+PAGE_SIZE = 50
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+
+_templates = Environment(
+    loader=PackageLoader("refinery.api", "templates"),
+    autoescape=True,  # every {{ }} is HTML-escaped; nothing in the templates uses |safe
+    undefined=StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
+def _fmt_time(value: datetime | None) -> str:
+    if value is None:
+        return ""
+    return views.aware(value).astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+_templates.filters["time"] = _fmt_time
+
+DONE_MESSAGES = {
+    "approved": "Approved. The refinement goes downstream through the outbox.",
+    "rejected": "Rejected.",
+    "edited": "Edit saved; the proposal's version went up.",
+    "applied": "Marked applied.",
+}
+
+
+class LoginRequired(Exception):
+    pass
+
+
+def login_required_handler(_request: Request, _exc: LoginRequired) -> Response:
+    response = RedirectResponse("/ui/login", status_code=303)
+    response.delete_cookie(COOKIE, path="/")
+    return response
+
+
+@dataclass(frozen=True)
+class UiUser:
+    principal: Principal
+    csrf: str
+
+    @property
+    def can_review(self) -> bool:
+        return self.principal.role.allows(Role.REVIEWER)
+
+
+def _csrf_for(token: str) -> str:
+    return hashlib.sha256(b"refinery-ui-csrf:" + token.encode("utf-8", "replace")).hexdigest()
+
+
+def ui_user(request: Request, sessions: SessionsDep) -> UiUser:
+    token = request.cookies.get(COOKIE)
+    if not token:
+        raise LoginRequired
+    with sessions() as session:
+        principal = authenticate(session, token)
+    if principal is None:
+        raise LoginRequired
+    return UiUser(principal, _csrf_for(token))
+
+
+UiUserDep = Annotated[UiUser, Depends(ui_user)]
+
+
+def render(name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+    return HTMLResponse(_templates.get_template(name).render(**context), status_code=status_code)
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """An application/x-www-form-urlencoded body (the body size limit already bounds it)."""
+    raw = await request.body()
+    try:
+        pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False, max_num_fields=100)
+    except (UnicodeDecodeError, ValueError):
+        return {}
+    # Browsers send textarea line breaks as CRLF; store LF like everything else.
+    return {key: value.replace("\r\n", "\n") for key, value in pairs}
+
+
+def validation_error_page(_request: Request, exc: RequestValidationError) -> HTMLResponse:
+    fields = ", ".join(".".join(str(p) for p in e.get("loc", ())[1:]) or "request" for e in exc.errors())
+    return render("error.html", 422, title="Invalid request", message=f"Invalid value for: {fields}", user=None)
+
+
+# --- static and session --------------------------------------------------------------------
+
+
+@router.get("/static/app.css")
+def stylesheet() -> Response:
+    return Response(
+        (STATIC_DIR / "app.css").read_bytes(),
+        media_type="text/css; charset=utf-8",
+        headers={"Cache-Control": "public, max-age=3600"},
+    )
+
+
+@router.get("/login")
+def login_page() -> HTMLResponse:
+    return render("login.html", user=None, error=None)
+
+
+@router.post("/login")
+async def login(request: Request, sessions: SessionsDep) -> Response:
+    token = (await _form(request)).get("token", "").strip()
+
+    def check() -> Principal | None:
+        with sessions() as session:
+            return authenticate(session, token) if token else None
+
+    if await run_in_threadpool(check) is None:
+        return render("login.html", 401, user=None, error="Unknown or revoked token.")
+    response = RedirectResponse("/ui/", status_code=303)
+    response.set_cookie(
+        COOKIE,
+        token,
+        max_age=COOKIE_MAX_AGE_S,
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+    return response
+
+
+@router.post("/logout")
+async def logout(request: Request, user: UiUserDep) -> Response:
+    if not hmac.compare_digest((await _form(request)).get("csrf", ""), user.csrf):
+        return render("error.html", 403, title="Forbidden", message="Stale form; reload the page.", user=user)
+    response = RedirectResponse("/ui/login", status_code=303)
+    response.delete_cookie(COOKIE, path="/")
+    return response
+
+
+# --- queue ---------------------------------------------------------------------------------
+
+_FILTERS: dict[str, TypeAdapter[Any]] = {
+    "app": TypeAdapter(AppId),
+    "kind": TypeAdapter(ProposalKind),
+    "status": TypeAdapter(ProposalStatus),
+    "cluster": TypeAdapter(Annotated[str, StringConstraints(pattern=PROPOSAL_ID_PATTERN)]),
+    "created_after": TypeAdapter(datetime),
+    "created_before": TypeAdapter(datetime),
+    "offset": TypeAdapter(int),
+}
+
+
+def _parse_filters(params: dict[str, str]) -> tuple[dict[str, Any], list[str]]:
+    values: dict[str, Any] = {}
+    errors: list[str] = []
+    for name, adapter in _FILTERS.items():
+        raw = params.get(name, "").strip()
+        if not raw:
+            continue
+        try:
+            value = adapter.validate_python(raw)
+            if isinstance(value, datetime):
+                value = value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+            if name == "offset" and not 0 <= value <= 1_000_000_000:
+                raise ValueError(name)
+        except (ValidationError, ValueError, OverflowError):
+            errors.append(name)
+            continue
+        values[name] = value
+    return values, errors
+
+
+@router.get("/")
+def queue(request: Request, user: UiUserDep, sessions: SessionsDep) -> HTMLResponse:
+    params = {k: v for k, v in request.query_params.items()}
+    values, errors = _parse_filters(params)
+    offset = values.pop("offset", 0)
+    with sessions() as session:
+        rows, total = service.list_proposals(
+            session,
+            ProposalFilter(
+                app_id=values.get("app"),
+                kind=values.get("kind"),
+                status=values.get("status"),
+                cluster_id=values.get("cluster"),
+                created_after=values.get("created_after"),
+                created_before=values.get("created_before"),
+            ),
+            limit=PAGE_SIZE,
+            offset=offset,
+        )
+        items = [views.summary(r) for r in rows]
+    kept = {k: params[k] for k in _FILTERS if k != "offset" and params.get(k, "").strip() and k not in errors}
+
+    def page_url(new_offset: int) -> str:
+        return "/ui/?" + urlencode({**kept, "offset": new_offset})
+
+    return render(
+        "list.html",
+        422 if errors else 200,
+        user=user,
+        items=items,
+        total=total,
+        offset=offset,
+        page_size=PAGE_SIZE,
+        filters=kept,
+        errors=errors,
+        kinds=[k.value for k in ProposalKind],
+        statuses=[s.value for s in ProposalStatus],
+        prev_url=page_url(max(offset - PAGE_SIZE, 0)) if offset > 0 else None,
+        next_url=page_url(offset + PAGE_SIZE) if offset + PAGE_SIZE < total else None,
+    )
+
+
+# --- one proposal --------------------------------------------------------------------------
+
+
+def _load_detail(sessions: sessionmaker[Session], proposal_id: str) -> ProposalDetail:
+    with sessions() as session:
+        row = service.get_proposal(session, proposal_id)
+        return views.detail(session, row, service.proposal_history(session, proposal_id))
+
+
+def _edit_values(detail: ProposalDetail) -> dict[str, str]:
+    art = detail.artifact
+    if art.kind == ProposalKind.SYSTEM_PROMPT_EDIT:
+        return {"proposed_text": art.proposed_text}  # type: ignore[union-attr]
+    if art.kind == ProposalKind.RAG_SOURCE:
+        return {
+            "topic": art.topic,  # type: ignore[union-attr]
+            "representative_queries": "\n".join(art.representative_queries),  # type: ignore[union-attr]
+            "must_cover": "\n".join(art.must_cover),  # type: ignore[union-attr]
+        }
+    return {"rows": "\n".join(json.dumps(r.model_dump(), ensure_ascii=False) for r in art.items)}  # type: ignore[union-attr]
+
+
+def _detail_page(
+    sessions: sessionmaker[Session],
+    proposal_id: str,
+    user: UiUser,
+    *,
+    status_code: int = 200,
+    done: str | None = None,
+    error: str | None = None,
+    submitted: dict[str, str] | None = None,
+) -> HTMLResponse:
+    try:
+        detail = _load_detail(sessions, proposal_id)
+    except ProposalNotFound:
+        return render("error.html", 404, title="Not found", message=f"No proposal {proposal_id}.", user=user)
+    values = _edit_values(detail)
+    if submitted:
+        values.update({k: v for k, v in submitted.items() if k in values})
+    return render(
+        "detail.html",
+        status_code,
+        user=user,
+        p=detail,
+        done=DONE_MESSAGES.get(done or ""),
+        error=error,
+        edit=values,
+        dataset_editable=detail.artifact.kind != ProposalKind.FINE_TUNE_DATASET
+        or not detail.artifact.items_truncated,  # type: ignore[union-attr]
+    )
+
+
+@router.get("/proposals/{proposal_id}")
+def proposal_page(
+    proposal_id: ProposalId, user: UiUserDep, sessions: SessionsDep, done: str | None = None
+) -> HTMLResponse:
+    return _detail_page(sessions, proposal_id, user, done=done)
+
+
+@router.get("/proposals/{proposal_id}/artifact")
+def proposal_artifact(proposal_id: ProposalId, _user: UiUserDep, sessions: SessionsDep) -> Response:
+    with sessions() as session:
+        try:
+            download = views.artifact_download(service.get_proposal(session, proposal_id))
+        except ProposalNotFound:
+            return render("error.html", 404, title="Not found", message=f"No proposal {proposal_id}.", user=None)
+    return Response(
+        download.content,
+        media_type=download.media_type,
+        headers={"Content-Disposition": f'attachment; filename="{download.filename}"'},
+    )
+
+
+def _lines(text: str) -> list[str]:
+    return [line.strip() for line in text.split("\n") if line.strip()]
+
+
+def _edit_from_form(kind: str, form: dict[str, str]) -> actions.ArtifactEdit:
+    if kind == ProposalKind.SYSTEM_PROMPT_EDIT:
+        return actions.ArtifactEdit(proposed_text=form.get("proposed_text", ""))
+    if kind == ProposalKind.RAG_SOURCE:
+        return actions.ArtifactEdit(
+            topic=form.get("topic", "").strip(),
+            representative_queries=_lines(form.get("representative_queries", "")),
+            must_cover=_lines(form.get("must_cover", "")),
+        )
+    rows = []
+    for number, line in enumerate(form.get("rows", "").split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(actions.DatasetRow.model_validate_json(line))
+        except ValidationError as exc:
+            raise actions.InvalidEdit("rows", f"line {number} is not a valid chat row: {exc.errors()[0]['msg']}") from exc
+    return actions.ArtifactEdit(rows=rows)
+
+
+def _act(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    proposal_id: str,
+    action: str,
+    actor: str,
+    form: dict[str, str],
+) -> None:
+    comment = form.get("comment", "").strip() or None
+    if comment is not None:
+        comment = TypeAdapter(actions.CleanText).validate_python(comment[:4000])
+    try:
+        version = int(form.get("version", ""))
+    except ValueError as exc:
+        raise actions.InvalidEdit("version", "missing; reload the page") from exc
+    if action == "approve":
+        row = service.approve(
+            sessions, proposal_id, actor=actor, topic=settings.topic_approved, comment=comment, expected_version=version
+        )
+        PROPOSALS.labels(row.kind, ProposalStatus.APPROVED).inc()
+    elif action == "reject":
+        row = service.reject(sessions, proposal_id, actor=actor, comment=comment, expected_version=version)
+        PROPOSALS.labels(row.kind, ProposalStatus.REJECTED).inc()
+    elif action == "applied":
+        row = actions.mark_applied(sessions, proposal_id, actor=actor, comment=comment, expected_version=version)
+        PROPOSALS.labels(row.kind, ProposalStatus.APPLIED).inc()
+    else:
+        with sessions() as session:
+            kind = service.get_proposal(session, proposal_id).kind
+        actions.edit_proposal(
+            sessions,
+            proposal_id,
+            actor=actor,
+            edit=_edit_from_form(kind, form),
+            expected_version=version,
+            comment=comment,
+        )
+
+
+_DONE = {"approve": "approved", "reject": "rejected", "edit": "edited", "applied": "applied"}
+_TARGET = {"approve": "approved", "reject": "rejected", "edit": "pending", "applied": "applied"}
+
+
+@router.post("/proposals/{proposal_id}/{action}")
+async def proposal_action(
+    proposal_id: ProposalId,
+    action: Literal["approve", "reject", "edit", "applied"],
+    request: Request,
+    user: UiUserDep,
+    sessions: SessionsDep,
+    settings: SettingsDep,
+) -> Response:
+    form = await _form(request)
+    if not hmac.compare_digest(form.get("csrf", ""), user.csrf):
+        return render("error.html", 403, title="Forbidden", message="Stale form; reload the page.", user=user)
+    if not user.can_review:
+        reason = f"needs role reviewer or above; this token is {user.principal.role}"
+        await run_in_threadpool(
+            actions.audit_forbidden,
+            sessions,
+            proposal_id,
+            actor=user.principal.name,
+            action=action,
+            target=_TARGET[action],
+            reason=reason,
+        )
+        return _detail_page(sessions, proposal_id, user, status_code=403, error=f"Not allowed: {reason}.")
+    decision = "edit" if action == "edit" else action
+    try:
+        await run_in_threadpool(_act, sessions, settings, proposal_id, action, user.principal.name, form)
+    except ProposalNotFound:
+        return render("error.html", 404, title="Not found", message=f"No proposal {proposal_id}.", user=user)
+    except (DecisionConflict, TransitionRefused) as exc:
+        REVIEW_DECISIONS.labels(decision, "conflict" if isinstance(exc, DecisionConflict) else "invalid").inc()
+        return _detail_page(sessions, proposal_id, user, status_code=409, error=str(exc), submitted=form)
+    except actions.InvalidEdit as exc:
+        return _detail_page(sessions, proposal_id, user, status_code=422, error=str(exc), submitted=form)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "input"
+        return _detail_page(
+            sessions, proposal_id, user, status_code=422, error=f"{where}: {first['msg']}", submitted=form
+        )
+    if action != "applied":
+        REVIEW_DECISIONS.labels(decision, "applied").inc()
+    return RedirectResponse(f"/ui/proposals/{proposal_id}?done={_DONE[action]}", status_code=303)
+
