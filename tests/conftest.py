@@ -5,6 +5,7 @@ A missing service fails the test; nothing is skipped silently.
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -101,3 +102,31 @@ def make_settings():
         return Settings(_env_file=None, **overrides)
 
     return build
+
+
+@pytest.fixture
+def activate(monkeypatch):
+    """Make `settings` the process's settings: env vars (as a deployment would set them), the
+    cached settings object, and the Celery app's configuration."""
+
+    def apply(settings):
+        from refinery.settings import get_settings
+        from workers.celery_app import app, configure
+
+        for name in type(settings).model_fields:
+            value = getattr(settings, name)
+            if value is None:
+                monkeypatch.delenv(name.upper(), raising=False)
+            elif name in settings.model_fields_set:
+                monkeypatch.setenv(name.upper(), json.dumps(value) if isinstance(value, (dict, list)) else str(value))
+        get_settings.cache_clear()
+        configure(app, get_settings())
+        return get_settings()
+
+    yield apply
+    from refinery.settings import get_settings
+    from workers.celery_app import app, configure
+
+    monkeypatch.undo()
+    get_settings.cache_clear()
+    configure(app, get_settings())

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 from celery import Celery
 
-from refinery.settings import get_settings
+from refinery.settings import Settings, get_settings
 
 QUEUES = ("embed", "cluster", "propose")
 
 
-def make_app() -> Celery:
-    settings = get_settings()
-    app = Celery("refinery", include=["workers.tasks"])
+def configure(app: Celery, settings: Settings) -> Celery:
+    """(Re)apply settings; tests call it after changing the process's settings."""
     broker = settings.redis_url or "memory://"
     app.conf.update(
         broker_url=broker,
@@ -50,4 +49,4 @@ def make_app() -> Celery:
     return app
 
 
-app = make_app()
+app = configure(Celery("refinery", include=["workers.tasks"]), get_settings())

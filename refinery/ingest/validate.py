@@ -7,21 +7,49 @@ so the consumer can dead-letter it and move on.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from refinery.ingest.redaction import redact_text
 from refinery.settings import Settings
 from schemas.events import SUPPORTED_MAJOR_VERSION, Event, FeedbackEvent, InteractionEvent
 
 _EVENT_ADAPTER: TypeAdapter[InteractionEvent | FeedbackEvent] = TypeAdapter(Event)
+# json.loads joins valid surrogate pairs, so any surrogate left in a string is a lone one.
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+# Every reason code, for dashboards and `refinery dlq list --reason`.
+REASONS = (
+    "empty",  # a tombstone: the record has no value
+    "oversize",  # more than MAX_EVENT_BYTES
+    "nul_character",  # a NUL byte, or a \u0000 escape in a string (PostgreSQL text cannot hold it)
+    "invalid_utf8",  # bytes that are not UTF-8
+    "lone_surrogate",  # a \ud800-style escape with no pair: not a character, cannot be stored
+    "malformed_json",
+    "too_deep",  # nesting beyond MAX_JSON_DEPTH
+    "unsupported_schema_version",  # an unknown major schema_version
+    "wrong_topic",  # a feedback event on the interactions topic, or the reverse
+    "schema_violation",  # the event does not match its model (a field missing, too long, ...)
+    "unknown_app",  # app_id not in REGISTERED_APP_IDS
+    "timestamp_future",  # occurred_at beyond MAX_EVENT_FUTURE_S from now
+    "timestamp_past",  # occurred_at older than MAX_EVENT_AGE_S
+    "orphan_feedback",  # feedback whose interaction never arrived (refinery.signals.orphans)
+)
 
 
 @dataclass(frozen=True)
 class InvalidEvent:
-    reason: str  # a short, stable code: the metric label and the dead-letter header
-    detail: str  # what exactly was wrong, for the person reading the dead-letter topic
+    reason: str  # a short, stable code (REASONS): the metric label and the dead-letter header
+    # What exactly was wrong, for the person reading the dead-letter topic. Redacted of PII: a
+    # detail can echo input (a metadata key, a schema_version), and it travels in a header.
+    detail: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "detail", redact_text(self.detail))
 
 
 def limits_context(settings: Settings) -> dict[str, int]:
@@ -34,18 +62,31 @@ def limits_context(settings: Settings) -> dict[str, int]:
     }
 
 
-def _json_depth(value: Any) -> int:
-    """Nesting depth, iteratively: a hostile payload must not exhaust the Python stack."""
-    depth, stack = 0, [(value, 1)]
+def _scan(value: Any) -> tuple[int, str | None]:
+    """Nesting depth, and the reason a string (key or value) cannot be stored, if one cannot.
+    Iterative: a hostile payload must not exhaust the Python stack."""
+    depth, bad, stack = 0, None, [(value, 1)]
     while stack:
         node, level = stack.pop()
         if isinstance(node, dict):
             depth = max(depth, level)
-            stack.extend((v, level + 1) for v in node.values())
+            for k, v in node.items():
+                bad = bad or _bad_string(k)
+                stack.append((v, level + 1))
         elif isinstance(node, list):
             depth = max(depth, level)
             stack.extend((v, level + 1) for v in node)
-    return depth
+        elif isinstance(node, str):
+            bad = bad or _bad_string(node)
+    return depth, bad
+
+
+def _bad_string(text: str) -> str | None:
+    if "\x00" in text:
+        return "nul_character"
+    if _SURROGATE.search(text):
+        return "lone_surrogate"
+    return None
 
 
 def _major_version(payload: dict[str, Any]) -> int | None:
@@ -61,14 +102,18 @@ def parse_event(
     settings: Settings,
     *,
     expected_type: str | None = None,
+    now: datetime | None = None,
 ) -> InteractionEvent | FeedbackEvent | InvalidEvent:
-    """Validate one record. `expected_type` is the event type its topic carries, if any."""
+    """Validate one record. `expected_type` is the event type its topic carries, if any; `now`
+    is the clock that occurred_at is checked against (this host's by default)."""
     if raw is None:
         return InvalidEvent("empty", "record has no value (tombstone)")
     if len(raw) > settings.max_event_bytes:
         return InvalidEvent(
             "oversize", f"{len(raw)} bytes, more than MAX_EVENT_BYTES={settings.max_event_bytes}"
         )
+    if b"\x00" in raw:
+        return InvalidEvent("nul_character", f"NUL byte at byte {raw.index(0)}")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -81,9 +126,13 @@ def parse_event(
         return InvalidEvent("malformed_json", str(exc)[:300])
     if not isinstance(payload, dict):
         return InvalidEvent("schema_violation", f"top level is {type(payload).__name__}, not object")
-    depth = _json_depth(payload)
+    depth, bad_string = _scan(payload)
     if depth > settings.max_json_depth:
         return InvalidEvent("too_deep", f"nesting depth {depth} > {settings.max_json_depth}")
+    if bad_string == "nul_character":
+        return InvalidEvent(bad_string, "a string holds U+0000 (a \\u0000 escape)")
+    if bad_string == "lone_surrogate":
+        return InvalidEvent(bad_string, "a string holds an unpaired surrogate (a \\ud800-style escape)")
     major = _major_version(payload)
     if major is not None and major != SUPPORTED_MAJOR_VERSION:
         return InvalidEvent(
@@ -99,9 +148,35 @@ def parse_event(
                 "wrong_topic", f"event_type {payload['event_type']!r} on the {expected_type} topic"
             )
     try:
-        return _EVENT_ADAPTER.validate_python(payload, context=limits_context(settings))
+        event = _EVENT_ADAPTER.validate_python(payload, context=limits_context(settings))
     except ValidationError as exc:
         return InvalidEvent("schema_violation", _summarize(exc))
+    return check_event(event, settings, now=now)
+
+
+def check_event(
+    event: InteractionEvent | FeedbackEvent, settings: Settings, *, now: datetime | None = None
+) -> InteractionEvent | FeedbackEvent | InvalidEvent:
+    """The deployment's rules on a well-formed event: registered app, plausible timestamp."""
+    if settings.registered_app_ids and event.app_id not in settings.registered_app_ids:
+        return InvalidEvent(
+            "unknown_app", f"app_id {event.app_id!r} is not in REGISTERED_APP_IDS"
+        )
+    now = now or datetime.now(UTC)
+    ahead = (event.occurred_at - now).total_seconds()
+    if ahead > settings.max_event_future_s:
+        return InvalidEvent(
+            "timestamp_future",
+            f"occurred_at {event.occurred_at.isoformat()} is {ahead:.0f} s ahead of this host's"
+            f" clock (MAX_EVENT_FUTURE_S={settings.max_event_future_s:g})",
+        )
+    if -ahead > settings.max_event_age_s:
+        return InvalidEvent(
+            "timestamp_past",
+            f"occurred_at {event.occurred_at.isoformat()} is {-ahead:.0f} s old"
+            f" (MAX_EVENT_AGE_S={settings.max_event_age_s:g})",
+        )
+    return event
 
 
 def _summarize(exc: ValidationError) -> str:
