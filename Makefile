@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-unit bench lint format schemas docs clean
+.PHONY: install system-deps demo test test-unit bench lint format schemas docs clean
 
 # torch first, pinned to the CPU build on this machine's disk: a bare `torch` requirement
 # (via sentence-transformers) would download a multi-GB CUDA build.
@@ -18,10 +18,21 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Test-only system tools from Debian: Chromium for the reviewers' UI test, docker-compose to
+# validate docker-compose.yml offline. Installed only where missing (CI runs as root).
+system-deps:
+	@missing=""; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
 demo: install
 	$(VENV)/bin/refinery demo
 
-test: install
+test: install system-deps
 	CI=$${CI:-} $(PY) -m pytest $(PYTEST_ARGS) tests
 
 test-unit: install
