@@ -2,7 +2,7 @@
 
 Roles (long-running): ingest, worker, beat, relay. One-shots: migrate, demo, produce.
 People: review list|show|approve|reject|edit|applied, prompts set|show, tokens create|list|revoke,
-api (the review API and web UI).
+dlq list|replay, api (the review API and web UI).
 """
 
 from __future__ import annotations
@@ -49,26 +49,37 @@ def cmd_migrate(settings: Settings, _: argparse.Namespace) -> int:
 def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
     from refinery.embed import embedding_model_name
     from refinery.ingest.consumer import IngestConsumer
+    from refinery.ingest.deadletter import DeadLetterCapExceeded
     from refinery.kafka.clients import make_consumer, make_producer
     from refinery.runtime import celery_enqueue, start_runtime
+    from refinery.signals.enqueue import session_enqueue
+    from refinery.signals.inline import inline_sweeps
 
     runtime = start_runtime(settings)
     settings = runtime.settings
     stop = _stop_flag()
+    producer = make_producer(settings)
+    enqueue = celery_enqueue(settings)
     consumer = IngestConsumer(
         settings,
         consumer=make_consumer(
             settings, settings.topic_interactions, settings.topic_feedback, group_id=settings.ingest_group_id
         ),
-        producer=make_producer(settings),
+        producer=producer,
         sessions=runtime.sessions,
-        enqueue=celery_enqueue(settings),
+        enqueue=enqueue,
         embedding_model=embedding_model_name(settings),
+        enqueue_sessions=session_enqueue(settings),
     )
+    # Without Celery beat (eager mode) the abandon and orphan sweeps run between polls.
+    tick = inline_sweeps(settings, runtime.sessions, producer, enqueue) if settings.celery_eager else None
     log.info("ingest: consuming %s, %s as group %s", settings.topic_interactions,
              settings.topic_feedback, settings.ingest_group_id)
     try:
-        stats = consumer.run(should_stop=lambda: stop[0], until_caught_up=args.until_caught_up)
+        stats = consumer.run(should_stop=lambda: stop[0], until_caught_up=args.until_caught_up, tick=tick)
+    except DeadLetterCapExceeded as exc:
+        log.error("ingest stopped by the dead-letter cap: %s", exc)
+        return 3
     finally:
         consumer.close()
         runtime.close()
@@ -146,6 +157,70 @@ def cmd_produce(settings: Settings, args: argparse.Namespace) -> int:
                 sent += 1
     producer.flush()
     print(f"sent {sent} events to {topic}")
+    return 0
+
+
+def _parse_offsets(values: list[str]) -> list[tuple[int, int]]:
+    offsets = []
+    for value in values:
+        partition, sep, offset = value.partition(":")
+        if not sep or not partition.isdigit() or not offset.isdigit():
+            raise SystemExit(f"error: --offset wants PARTITION:OFFSET, got {value!r}")
+        offsets.append((int(partition), int(offset)))
+    return offsets
+
+
+def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
+    """Inspect the dead-letter topic and send records back to where they came from."""
+    from datetime import UTC, datetime
+
+    from refinery.ingest.deadletter import read_dead_letters, replay
+    from refinery.kafka.clients import make_producer, security_config
+
+    if settings.kafka_bootstrap_servers is None:
+        print("refinery dlq needs KAFKA_BOOTSTRAP_SERVERS (the embedded broker keeps nothing)",
+              file=sys.stderr)
+        return 2
+    offsets = _parse_offsets(args.offset or [])
+    if args.dlq_cmd == "replay" and not (args.all or args.reason or offsets):
+        print("refinery dlq replay: choose what to replay with --reason, --offset or --all",
+              file=sys.stderr)
+        return 2
+    letters = read_dead_letters(
+        {"bootstrap_servers": settings.kafka_bootstrap_servers, **security_config(settings)},
+        settings.topic_dead_letter,
+        reasons=args.reason or (),
+        offsets=offsets,
+        limit=getattr(args, "limit", None),
+    )
+    if args.dlq_cmd == "list":
+        if args.json:
+            print(json.dumps([
+                {"partition": d.partition, "offset": d.offset, "timestamp_ms": d.timestamp_ms,
+                 **d.headers, "value": (d.value or b"").decode("utf-8", "replace")}
+                for d in letters
+            ], indent=2, ensure_ascii=False))
+            return 0
+        print(f"{len(letters)} dead letter(s) on {settings.topic_dead_letter}")
+        for d in letters:
+            at = datetime.fromtimestamp(d.timestamp_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+            h = d.headers
+            source = f"{h.get('source_topic', '?')}/{h.get('source_partition', '?')}@{h.get('source_offset', '?')}"
+            preview = " ".join((d.value or b"").decode("utf-8", "replace").split())[:80]
+            print(f"{d.partition}:{d.offset:<8} {at}  {d.reason:<26} {source}")
+            print(f"    {h.get('detail', '')}")
+            print(f"    {preview}")
+        return 0
+    if args.dry_run:
+        for d in letters:
+            print(f"would replay {d.partition}:{d.offset} ({d.reason}) -> {d.source_topic}")
+        return 0
+    producer = make_producer(settings)
+    try:
+        sent = replay(producer, letters, settings.topic_dead_letter)
+    finally:
+        producer.close()
+    print(f"replayed {sent} of {len(letters)} dead letter(s) to their source topics")
     return 0
 
 
@@ -321,6 +396,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("topic", choices=["interactions", "feedback"])
     p.add_argument("file", help="path, or - for stdin")
     p.set_defaults(func=cmd_produce)
+
+    p = sub.add_parser("dlq", help="the dead-letter topic: list and replay invalid records")
+    dlq = p.add_subparsers(dest="dlq_cmd", required=True)
+    q = dlq.add_parser("list", help="show dead letters with their reason and source")
+    q.add_argument("--reason", action="append", help="only this reason (repeatable)")
+    q.add_argument("--offset", action="append", help="only PARTITION:OFFSET (repeatable)")
+    q.add_argument("--limit", type=int, default=None)
+    q.add_argument("--json", action="store_true")
+    q = dlq.add_parser("replay", help="send dead letters back to their source topic")
+    q.add_argument("--reason", action="append", help="replay records of this reason (repeatable)")
+    q.add_argument("--offset", action="append", help="replay PARTITION:OFFSET (repeatable)")
+    q.add_argument("--all", action="store_true", help="replay every dead letter")
+    q.add_argument("--dry-run", action="store_true", help="say what would be replayed")
+    p.set_defaults(func=cmd_dlq)
 
     p = sub.add_parser("review", help="the review queue")
     review = p.add_subparsers(dest="review_cmd", required=True)

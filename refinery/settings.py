@@ -63,6 +63,40 @@ class Settings(BaseSettings):
     max_retrieved_sources: int = Field(100, description="Most retrieved sources on one interaction.")
     max_metadata_keys: int = Field(64, description="Most metadata keys on one event.")
     max_json_depth: int = Field(32, description="Deepest JSON nesting accepted in an event.")
+    max_event_future_s: float = Field(
+        3600.0,
+        description="How far past this host's clock an event's occurred_at may be; later ones are"
+        " dead-lettered (timestamp_future).",
+    )
+    max_event_age_s: float = Field(
+        365 * 86400.0,
+        description="How old an event's occurred_at may be; older ones are dead-lettered"
+        " (timestamp_past). Raise it to backfill old traffic.",
+    )
+    registered_app_ids: list[str] = Field(
+        [],
+        description="App ids accepted by ingest and the collector (JSON list); events of other apps"
+        " are dead-lettered (unknown_app). Empty: any app id.",
+    )
+    dead_letter_max_consecutive: int = Field(
+        500,
+        description="Consecutive invalid records after which ingest stops with an error instead of"
+        " dead-lettering on (a misconfigured producer or topic). 0 disables.",
+    )
+    dead_letter_max_ratio: float = Field(
+        0.5,
+        description="Share of invalid records over the last DEAD_LETTER_RATIO_WINDOW records above"
+        " which ingest stops with an error. 1 disables.",
+    )
+    dead_letter_ratio_window: int = Field(
+        2000, description="Records over which DEAD_LETTER_MAX_RATIO is measured (a full window)."
+    )
+    dead_letter_max_value_bytes: int = Field(
+        524_288,
+        description="Largest record value copied to the dead-letter topic; longer ones are cut"
+        " (header value_truncated holds the original size), so an oversize record cannot fail"
+        " its own dead-lettering.",
+    )
 
     # --- redaction ---------------------------------------------------------------------------
     redaction_enabled: bool = Field(
@@ -83,6 +117,98 @@ class Settings(BaseSettings):
     # --- failure signals -------------------------------------------------------------------
     rating_failure_fraction: float = Field(
         0.4, description="A rating at or below this fraction of its scale marks a failure (2 of 5)."
+    )
+    rating_success_fraction: float = Field(
+        0.8, description="A rating at or above this fraction of its scale is a positive signal (4 of 5)."
+    )
+    failure_threshold: float = Field(
+        1.0,
+        description="Failure score at or above which an interaction is failing. The score sums the"
+        " SIGNAL_WEIGHT_* of its signals in time order; a positive signal lowers what came before"
+        " it (never below 0); a kind counts once; the latest thumbs/rating vote replaces earlier ones.",
+    )
+    signal_weight_thumbs_down: float = Field(1.0, description="Weight of a thumbs-down.")
+    signal_weight_thumbs_up: float = Field(-1.0, description="Weight of a thumbs-up (positive).")
+    signal_weight_rating_low: float = Field(
+        1.0, description="Weight of a rating at or below RATING_FAILURE_FRACTION of its scale."
+    )
+    signal_weight_rating_high: float = Field(
+        -1.0, description="Weight of a rating at or above RATING_SUCCESS_FRACTION (positive)."
+    )
+    signal_weight_comment: float = Field(
+        0.0, description="Weight of a free-text comment (kept as evidence; neutral by default)."
+    )
+    signal_weight_correction: float = Field(
+        1.0, description="Weight of a correction (the user's better answer, a fine-tuning target)."
+    )
+    signal_weight_regenerate: float = Field(1.0, description="Weight of a regenerate.")
+    signal_weight_copy: float = Field(-0.5, description="Weight of a copy of the response (positive).")
+    signal_weight_edit: float = Field(1.0, description="Weight of the user editing the response.")
+    signal_weight_escalate: float = Field(1.0, description="Weight of an escalation to a human.")
+    signal_weight_rephrase: float = Field(
+        1.0, description="Weight of a rephrase: the next query of the session asks the same again."
+    )
+    signal_weight_abandon: float = Field(
+        0.5,
+        description="Weight of an abandon: the session ended after this response with no positive"
+        " signal. Below the threshold alone: most quiet endings are satisfied users.",
+    )
+    signal_weight_abandon_after_rephrase: float = Field(
+        1.0,
+        description="Weight of an abandon right after the user rephrased (this query asked the"
+        " previous one again): the user gave up.",
+    )
+    feedback_window_s: float = Field(
+        7 * 86400.0,
+        description="Feedback counts when it occurred at most this long after its interaction;"
+        " later feedback is kept but does not change the score.",
+    )
+    feedback_join_window_s: float = Field(
+        86400.0,
+        description="How long stored feedback waits for its interaction; after it the sweep"
+        " dead-letters it (orphan_feedback).",
+    )
+    rephrase_detection_enabled: bool = Field(
+        True, description="Detect rephrases and abandons from sessions (Celery, embed queue; beat)."
+    )
+    rephrase_window_s: float = Field(
+        120.0, description="Longest gap between two turns of a session for the later to be a rephrase."
+    )
+    rephrase_similarity_threshold: float = Field(
+        0.75,
+        description="Cosine similarity of two consecutive queries (embedding model) at or above"
+        " which the later is a rephrase of the earlier.",
+    )
+    session_max_turns: int = Field(
+        200, description="Most recent turns of a session analysed for rephrases and abandon."
+    )
+    abandon_quiet_s: float = Field(
+        1800.0,
+        description="Quiet period after a session's last turn (by event time and by arrival) after"
+        " which the session counts as ended.",
+    )
+    signals_sweep_interval_s: float = Field(
+        60.0, description="Beat period of the abandon and orphan-feedback sweeps."
+    )
+    signals_sweep_batch: int = Field(
+        1000, description="Most sessions (abandon) or feedback rows (orphans) handled per sweep."
+    )
+
+    # --- collector ---------------------------------------------------------------------------
+    collector_keys: dict[str, SecretStr] = Field(
+        {},
+        description='Ingest keys of POST /v1/events, a JSON object app_id -> key (header'
+        ' X-Refinery-Key); a key may send events of its app only. Empty: the collector refuses all.',
+    )
+    collector_cors_origins: list[str] = Field(
+        [], description="Browser origins allowed to call POST /v1/events (JSON list; \"*\" for any)."
+    )
+    collector_max_body_bytes: int = Field(
+        1_048_576, description="Largest POST /v1/events body; larger ones get 413."
+    )
+    collector_max_batch_events: int = Field(500, description="Most events in one POST /v1/events.")
+    collector_produce_timeout_s: float = Field(
+        10.0, description="How long POST /v1/events waits for Kafka to acknowledge; then 503."
     )
 
     # --- work queue --------------------------------------------------------------------------

@@ -15,6 +15,30 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+
+def _import_kafka_quietly() -> None:
+    """kafka-python reads its protocol schemas with importlib.resources.read_text (deprecated)
+    while its modules import. `pytest -W error` puts its filter above pyproject's
+    filterwarnings, so import every kafka module once here, with that one warning ignored."""
+    import importlib
+    import pkgutil
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"(read|open)_text is deprecated", DeprecationWarning)
+        import kafka
+
+        for module in pkgutil.walk_packages(kafka.__path__, "kafka."):
+            if module.name.endswith("__main__") or module.name.startswith(("kafka.cli", "kafka.bench")):
+                continue  # command-line entry points: importing them runs them
+            try:
+                importlib.import_module(module.name)
+            except ImportError:  # optional extras (compression codecs, ...) not installed
+                pass
+
+
+_import_kafka_quietly()
+
 POSTGRES_ADMIN_URL = os.environ.get(
     "TEST_POSTGRES_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )

@@ -36,13 +36,25 @@ def configure(app: Celery, settings: Settings) -> Celery:
             "refinery.cluster_app": {"queue": "cluster"},
             "refinery.propose_for_app": {"queue": "propose"},
             "refinery.refine_all_apps": {"queue": "cluster"},
+            # Failure signals (refinery.signals): rephrase detection embeds, so the embed queue.
+            "refinery.detect_session_signals": {"queue": "embed"},
+            "refinery.sweep_abandoned_sessions": {"queue": "embed"},
+            "refinery.sweep_orphan_feedback": {"queue": "embed"},
         },
         task_default_queue="embed",
         beat_schedule={
             "refine-all-apps": {
                 "task": "refinery.refine_all_apps",
                 "schedule": settings.refine_interval_s,
-            }
+            },
+            "sweep-abandoned-sessions": {
+                "task": "refinery.sweep_abandoned_sessions",
+                "schedule": settings.signals_sweep_interval_s,
+            },
+            "sweep-orphan-feedback": {
+                "task": "refinery.sweep_orphan_feedback",
+                "schedule": settings.signals_sweep_interval_s,
+            },
         },
         worker_hijack_root_logger=False,
     )

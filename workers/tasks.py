@@ -20,6 +20,8 @@ from refinery.embed.embedder import get_embedder
 from refinery.embed.service import embed_interactions as embed_service
 from refinery.propose.service import propose_for_app as propose_service
 from refinery.settings import get_settings
+from refinery.signals.orphans import sweep_orphans
+from refinery.signals.sessions import analyze_sessions, sweep_abandoned
 from refinery.store.db import session_scope
 from refinery.store.models import Interaction
 from workers.celery_app import app
@@ -107,3 +109,81 @@ def refine_all_apps() -> list[str]:
     for app_id in app_ids:
         chain(cluster_app.si(app_id), propose_for_app.si(app_id)).apply_async()
     return app_ids
+
+
+# --- failure signals (refinery.signals) ---------------------------------------------------------
+
+
+def _embed_later(interaction_ids: list[int]) -> None:
+    size = get_settings().enqueue_batch_size
+    for start in range(0, len(interaction_ids), size):
+        embed_interactions.apply_async(args=(interaction_ids[start : start + size],))
+
+
+@app.task(
+    name="refinery.detect_session_signals",
+    autoretry_for=RETRYABLE,
+    retry_backoff=True,
+    max_retries=get_settings().celery_task_max_retries,
+)
+def detect_session_signals(sessions: list[str]) -> dict:
+    """Rephrase detection on these "app_id/session_id" sessions (embeds their queries)."""
+    from refinery.signals.enqueue import parse_session_ref
+
+    settings = get_settings()
+    with session_scope(settings.database_url) as session:
+        result = analyze_sessions(
+            session, [parse_session_ref(ref) for ref in sessions], settings, get_embedder(settings)
+        )
+    _embed_later(result.to_embed)
+    return {
+        "sessions": result.sessions,
+        "rephrases": result.rephrases,
+        "changed": len(result.changed),
+    }
+
+
+@app.task(
+    name="refinery.sweep_abandoned_sessions",
+    autoretry_for=RETRYABLE,
+    retry_backoff=True,
+    max_retries=get_settings().celery_task_max_retries,
+)
+def sweep_abandoned_sessions() -> dict:
+    """Beat: close quiet sessions, mark abandoned last turns."""
+    settings = get_settings()
+    if not settings.rephrase_detection_enabled:
+        return {"sessions": 0, "abandoned": 0}
+    with session_scope(settings.database_url) as session:
+        result = sweep_abandoned(session, settings, lambda: get_embedder(settings))
+    _embed_later(result.to_embed)
+    return {"sessions": result.sessions, "abandoned": result.abandoned}
+
+
+@app.task(
+    name="refinery.sweep_orphan_feedback",
+    autoretry_for=RETRYABLE,
+    retry_backoff=True,
+    max_retries=get_settings().celery_task_max_retries,
+)
+def sweep_orphan_feedback() -> dict:
+    """Beat: dead-letter feedback whose interaction never arrived within the join window."""
+    from refinery.ingest.deadletter import DeadLetterQueue
+    from refinery.kafka.clients import make_producer
+
+    settings = get_settings()
+    if settings.kafka_bootstrap_servers is None:
+        log.warning("orphan feedback sweep skipped: KAFKA_BOOTSTRAP_SERVERS is unset")
+        return {"dead_lettered": 0}
+    producer = make_producer(settings)
+    try:
+        dead_letters = DeadLetterQueue(
+            producer,
+            settings.topic_dead_letter,
+            max_value_bytes=settings.dead_letter_max_value_bytes,
+        )
+        with session_scope(settings.database_url) as session:
+            count = sweep_orphans(session, dead_letters, settings)
+    finally:
+        producer.close()
+    return {"dead_lettered": count}

@@ -1,11 +1,21 @@
 """Redaction at the ingest boundary: user text is redacted before it is stored, embedded, put on
-a Celery message or dead-lettered. The redactor itself lives in refinery.redact.
+a Celery message, logged or dead-lettered. The redactor itself lives in refinery.redact.
+
+What is redacted on an event: query, response, feedback text, metadata (keys and values), the
+titles and URIs of retrieved sources. Identifiers (event, session, interaction ids) that hold PII
+are replaced by a pseudonym (`pii-` + sha256 of it), not a placeholder: two different e-mail
+addresses used as session ids must stay two sessions. (An unkeyed hash: it hides the value from
+readers of the store, not from someone who guesses it and hashes the guess.) The app's system
+prompt is the app's own text, not the user's, and is kept as sent.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 from functools import lru_cache
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from refinery.redact import Redactor
 from refinery.redact.redactor import redact_json_strings
@@ -14,33 +24,89 @@ from schemas.events import FeedbackEvent, InteractionEvent
 
 E = TypeVar("E", InteractionEvent, FeedbackEvent)
 
+_JSON_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
+
 
 @lru_cache(maxsize=1)
 def _redactor() -> Redactor:
     return Redactor.from_settings(get_settings())
 
 
+def reset_redactor() -> None:
+    """Forget the process's redactor (tests that change the redaction settings)."""
+    _redactor.cache_clear()
+
+
+def redact_text(text: str) -> str:
+    return _redactor().redact(text)
+
+
+def pseudonymize(identifier: str) -> str:
+    """The identifier itself when it holds no PII; else a stable pseudonym of it (same input,
+    same pseudonym, so joins on it still work)."""
+    if _redactor().redact(identifier) == identifier:
+        return identifier
+    return "pii-" + hashlib.sha256(identifier.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+
+
 def redact_event(event: E) -> E:
     r = _redactor()
+    ids = {
+        "event_id": pseudonymize(event.event_id),
+        "interaction_id": pseudonymize(event.interaction_id),
+        "metadata": redact_json_strings(event.metadata, r),
+    }
+    if event.session_id is not None:
+        ids["session_id"] = pseudonymize(event.session_id)
     if isinstance(event, InteractionEvent):
+        sources = [
+            s.model_copy(
+                update={
+                    "source_id": pseudonymize(s.source_id),
+                    "title": r.redact(s.title) if s.title is not None else None,
+                    "uri": r.redact(s.uri) if s.uri is not None else None,
+                }
+            )
+            for s in event.retrieved_sources
+        ]
         return event.model_copy(
             update={
+                **ids,
                 "query": r.redact(event.query),
                 "response": r.redact(event.response),
-                "metadata": redact_json_strings(event.metadata, r),
+                "retrieved_sources": sources,
             }
         )
     return event.model_copy(
-        update={
-            "text": r.redact(event.text) if event.text is not None else None,
-            "metadata": redact_json_strings(event.metadata, r),
-        }
+        update={**ids, "text": r.redact(event.text) if event.text is not None else None}
     )
 
 
 def redact_bytes(raw: bytes | None) -> bytes | None:
-    """Redact a raw record for the dead-letter topic, keeping it byte-for-byte otherwise."""
+    """Redact a raw record for the dead-letter topic.
+
+    JSON is parsed and every string redacted, so PII written with escapes ("a\\u0040b.com")
+    is found too; the result is re-serialized (same data, not the same bytes). What does not
+    parse (malformed, invalid UTF-8, too deep) is redacted as text after undoing \\uXXXX escapes,
+    and otherwise kept byte for byte.
+    """
     if raw is None:
         return None
-    text = raw.decode("utf-8", "surrogateescape")
+    try:
+        redacted: Any = redact_json_strings(json.loads(raw.decode("utf-8")), _redactor())
+        out = json.dumps(redacted, ensure_ascii=False)
+        try:
+            return out.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: keep it as the escape it came as
+            return json.dumps(redacted).encode("ascii")
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        pass
+    text = _JSON_ESCAPE.sub(_unescape, raw.decode("utf-8", "surrogateescape"))
     return _redactor().redact(text).encode("utf-8", "surrogateescape")
+
+
+def _unescape(match: re.Match[str]) -> str:
+    code = int(match.group(1), 16)
+    if 0xD800 <= code <= 0xDFFF or code < 0x20:
+        return match.group(0)
+    return chr(code)

@@ -1,7 +1,7 @@
 """Store validated (and already redacted) events idempotently, then join feedback to interactions.
 
-Owns the interactions and feedback tables and the failure verdict on each interaction. Does not
-commit: the consumer decides when a batch is durable.
+Owns the interactions, feedback and sessions tables and the failure verdict on each interaction.
+Does not commit: the consumer (or the signal task) decides when a batch is durable.
 """
 
 from __future__ import annotations
@@ -9,17 +9,18 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TypeVar
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import case, or_, select, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from refinery.ingest.failure import FailureVerdict, judge_interaction
 from refinery.settings import Settings
-from refinery.store.db import insert_ignoring_duplicates
-from refinery.store.models import Embedding, Feedback, Interaction
+from refinery.store.models import Embedding, Feedback, Interaction, SessionState
 from refinery.store.prompts import register_prompt_version
 from schemas.events import FeedbackEvent, InteractionEvent
 
@@ -38,6 +39,8 @@ def query_hash(text: str) -> str:
 
 
 InteractionKey = tuple[str, str]  # (app_id, interaction_id)
+SessionKey = tuple[str, str]  # (app_id, session_id)
+Origin = tuple[str, int, int]  # (topic, partition, offset) the event was read at
 
 
 @dataclass
@@ -45,15 +48,43 @@ class StoreResult:
     inserted: int = 0
     duplicates: int = 0
     touched: set[InteractionKey] = field(default_factory=set)
+    # Sessions of the batch's interactions, new or redelivered (see sessions_due).
+    sessions: set[SessionKey] = field(default_factory=set)
+
+
+def _utc(moment: datetime) -> datetime:
+    # SQLite keeps no offset: store every timestamp in UTC so that gaps between them are right.
+    return moment.astimezone(UTC)
+
+
+def _insert(session: Session, table: object) -> object:
+    dialect = session.get_bind().dialect.name
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+
+
+def insert_new(session: Session, table: object, rows: list[dict]) -> int:  # type: ignore[type-arg]
+    """INSERT ... ON CONFLICT DO NOTHING; returns the rows inserted, counted with RETURNING
+    (a driver's rowcount of a multi-row insert is not reliable: psycopg reports 0 or -1)."""
+    if not rows:
+        return 0
+    stmt = _insert(session, table).on_conflict_do_nothing()  # type: ignore[attr-defined]
+    key = next(iter(table.primary_key.columns))  # type: ignore[attr-defined]
+    return len(session.execute(stmt.returning(key), rows).all())
 
 
 def store_events(
     session: Session,
     interactions: list[InteractionEvent],
     feedback: list[FeedbackEvent],
+    *,
+    origins: Mapping[str, Origin] | None = None,
+    now: datetime | None = None,
 ) -> StoreResult:
-    """Insert events, ignoring event_ids already stored. Re-delivery is a no-op."""
+    """Insert events, ignoring event_ids already stored. Re-delivery is a no-op. `origins`
+    (event_id -> where it was read) is kept on feedback for the orphan sweep's dead letters."""
     result = StoreResult()
+    now = now or datetime.now(UTC)
+    origins = origins or {}
     interaction_rows = [
         {
             "event_id": e.event_id,
@@ -61,7 +92,7 @@ def store_events(
             "interaction_id": e.interaction_id,
             "session_id": e.session_id,
             "turn_index": e.turn_index,
-            "occurred_at": e.occurred_at,
+            "occurred_at": _utc(e.occurred_at),
             "query": e.query,
             "response": e.response,
             "prompt_name": e.system_prompt.id if e.system_prompt else None,
@@ -75,25 +106,43 @@ def store_events(
             "query_hash": query_hash(e.query),
             "failing": False,
             "failure_reasons": [],
+            "failure_score": 0.0,
+            "ingested_at": now,
         }
-        for e in _unique_by_key(interactions)
+        for e in sorted(_unique_by_key(interactions), key=lambda e: (e.app_id, e.interaction_id))
     ]
     # Same interaction_id under a new event_id is a duplicate too (the unique key catches it).
-    inserted = insert_ignoring_duplicates(session, Interaction.__table__, interaction_rows)
+    new_rows = []
+    if interaction_rows:
+        table = Interaction.__table__
+        stmt = _insert(session, table).on_conflict_do_nothing()  # type: ignore[attr-defined]
+        new_rows = session.execute(
+            stmt.returning(table.c.app_id, table.c.session_id, table.c.occurred_at),
+            interaction_rows,
+        ).all()
+    inserted = len(new_rows)
+    _touch_sessions(session, new_rows, now)
     feedback_rows = [
         {
             "event_id": e.event_id,
             "app_id": e.app_id,
             "interaction_id": e.interaction_id,
+            "session_id": e.session_id,
             "kind": e.kind.value,
             "value": e.value,
             "scale_max": e.scale_max,
             "text": e.text,
-            "occurred_at": e.occurred_at,
+            "occurred_at": _utc(e.occurred_at),
+            "ingested_at": now,
+            "source": "app",
+            "joined": False,
+            "kafka_topic": origins.get(e.event_id, (None, None, None))[0],
+            "kafka_partition": origins.get(e.event_id, (None, None, None))[1],
+            "kafka_offset": origins.get(e.event_id, (None, None, None))[2],
         }
         for e in _unique_by_event_id(feedback)
     ]
-    inserted += insert_ignoring_duplicates(session, Feedback.__table__, feedback_rows)
+    inserted += insert_new(session, Feedback.__table__, feedback_rows)
     result.inserted = inserted
     result.duplicates = len(interactions) + len(feedback) - inserted
     for e in interactions:
@@ -107,7 +156,70 @@ def store_events(
                 source="event",
             )
     result.touched = {(e.app_id, e.interaction_id) for e in (*interactions, *feedback)}
+    result.sessions = {(e.app_id, e.session_id) for e in interactions}
     return result
+
+
+def _touch_sessions(session: Session, new_rows: list, now: datetime) -> None:  # type: ignore[type-arg]
+    """Upsert the sessions of newly stored interactions: later last turn, seen now, reopened
+    (a session the abandon sweep closed has not ended after all), analysis due."""
+    latest: dict[SessionKey, datetime] = {}
+    for app_id, session_id, occurred_at in new_rows:
+        occurred_at = _utc(occurred_at) if occurred_at.tzinfo else occurred_at.replace(tzinfo=UTC)
+        key = (app_id, session_id)
+        latest[key] = max(latest.get(key, occurred_at), occurred_at)
+    if not latest:
+        return
+    table = SessionState.__table__
+    stmt = _insert(session, table)
+    excluded = stmt.excluded  # type: ignore[attr-defined]
+    stmt = stmt.on_conflict_do_update(  # type: ignore[attr-defined]
+        index_elements=["app_id", "session_id"],
+        set_={
+            "last_occurred_at": case(
+                (excluded.last_occurred_at > table.c.last_occurred_at, excluded.last_occurred_at),
+                else_=table.c.last_occurred_at,
+            ),
+            "last_seen_at": excluded.last_seen_at,
+            "closed_at": None,
+        },
+    )
+    # Sorted: two consumers upserting overlapping sessions take row locks in the same order.
+    session.execute(
+        stmt,
+        [
+            {
+                "app_id": a,
+                "session_id": s,
+                "last_occurred_at": at,
+                "last_seen_at": now,
+                "closed_at": None,
+                "analyzed_at": None,
+            }
+            for (a, s), at in sorted(latest.items())
+        ],
+    )
+
+
+def sessions_due(session: Session, keys: Iterable[SessionKey]) -> list[SessionKey]:
+    """Of these sessions, those with turns that no rephrase analysis has covered yet. Asking
+    for the batch's sessions, redelivered ones included, is what makes a crash between the
+    database commit and the enqueue harmless: the analysis is still due, so it is enqueued."""
+    due: list[SessionKey] = []
+    for chunk in _chunks(sorted(set(keys)), 500):
+        due += [
+            (row.app_id, row.session_id)
+            for row in session.execute(
+                select(SessionState.app_id, SessionState.session_id).where(
+                    tuple_(SessionState.app_id, SessionState.session_id).in_(chunk),
+                    or_(
+                        SessionState.analyzed_at.is_(None),
+                        SessionState.analyzed_at < SessionState.last_seen_at,
+                    ),
+                )
+            )
+        ]
+    return sorted(due)
 
 
 def _unique_by_event_id(events: Iterable[EventT]) -> list[EventT]:
@@ -140,22 +252,32 @@ def judge_touched(
     feedback_by_key: dict[InteractionKey, list[Feedback]] = {}
     for chunk in _chunks(keys, 500):
         interactions += session.scalars(
-            select(Interaction).where(tuple_(Interaction.app_id, Interaction.interaction_id).in_(chunk))
+            select(Interaction).where(
+                tuple_(Interaction.app_id, Interaction.interaction_id).in_(chunk)
+            )
         ).all()
         for fb in session.scalars(
             select(Feedback).where(tuple_(Feedback.app_id, Feedback.interaction_id).in_(chunk))
         ):
             feedback_by_key.setdefault((fb.app_id, fb.interaction_id), []).append(fb)
     failing: list[Interaction] = []
+    unjoined: list[int] = []
     for row in interactions:
-        verdict: FailureVerdict = judge_interaction(
-            row, feedback_by_key.get((row.app_id, row.interaction_id), []), settings
-        )
-        if row.failing != verdict.failing or row.failure_reasons != verdict.reasons:
+        signals = feedback_by_key.get((row.app_id, row.interaction_id), [])
+        unjoined += [fb.id for fb in signals if not fb.joined]
+        verdict: FailureVerdict = judge_interaction(row, signals, settings)
+        if (
+            row.failing != verdict.failing
+            or row.failure_reasons != verdict.reasons
+            or row.failure_score != verdict.score
+        ):
             row.failing = verdict.failing
             row.failure_reasons = verdict.reasons
+            row.failure_score = verdict.score
         if verdict.failing:
             failing.append(row)
+    for chunk in _chunks(sorted(unjoined), 500):
+        session.execute(update(Feedback).where(Feedback.id.in_(chunk)).values(joined=True))
     if not failing:
         return []
     hashes = {row.query_hash for row in failing}

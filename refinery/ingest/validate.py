@@ -125,14 +125,18 @@ def parse_event(
     except ValueError as exc:
         return InvalidEvent("malformed_json", str(exc)[:300])
     if not isinstance(payload, dict):
-        return InvalidEvent("schema_violation", f"top level is {type(payload).__name__}, not object")
+        return InvalidEvent(
+            "schema_violation", f"top level is {type(payload).__name__}, not object"
+        )
     depth, bad_string = _scan(payload)
     if depth > settings.max_json_depth:
         return InvalidEvent("too_deep", f"nesting depth {depth} > {settings.max_json_depth}")
     if bad_string == "nul_character":
         return InvalidEvent(bad_string, "a string holds U+0000 (a \\u0000 escape)")
     if bad_string == "lone_surrogate":
-        return InvalidEvent(bad_string, "a string holds an unpaired surrogate (a \\ud800-style escape)")
+        return InvalidEvent(
+            bad_string, "a string holds an unpaired surrogate (a \\ud800-style escape)"
+        )
     major = _major_version(payload)
     if major is not None and major != SUPPORTED_MAJOR_VERSION:
         return InvalidEvent(
@@ -141,12 +145,13 @@ def parse_event(
             f"{SUPPORTED_MAJOR_VERSION}.x",
         )
     # The topic says what an event is; on a mixed stream (the HTTP collector) its fields do.
-    payload.setdefault("event_type", expected_type or ("feedback" if "kind" in payload else "interaction"))
-    if expected_type is not None:
-        if payload["event_type"] != expected_type:
-            return InvalidEvent(
-                "wrong_topic", f"event_type {payload['event_type']!r} on the {expected_type} topic"
-            )
+    payload.setdefault(
+        "event_type", expected_type or ("feedback" if "kind" in payload else "interaction")
+    )
+    if expected_type is not None and payload["event_type"] != expected_type:
+        return InvalidEvent(
+            "wrong_topic", f"event_type {payload['event_type']!r} on the {expected_type} topic"
+        )
     try:
         event = _EVENT_ADAPTER.validate_python(payload, context=limits_context(settings))
     except ValidationError as exc:
@@ -159,9 +164,7 @@ def check_event(
 ) -> InteractionEvent | FeedbackEvent | InvalidEvent:
     """The deployment's rules on a well-formed event: registered app, plausible timestamp."""
     if settings.registered_app_ids and event.app_id not in settings.registered_app_ids:
-        return InvalidEvent(
-            "unknown_app", f"app_id {event.app_id!r} is not in REGISTERED_APP_IDS"
-        )
+        return InvalidEvent("unknown_app", f"app_id {event.app_id!r} is not in REGISTERED_APP_IDS")
     now = now or datetime.now(UTC)
     ahead = (event.occurred_at - now).total_seconds()
     if ahead > settings.max_event_future_s:

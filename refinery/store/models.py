@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -22,6 +23,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -63,13 +65,22 @@ class Interaction(Base):
     query_hash: Mapped[str] = mapped_column(String(64))
     failing: Mapped[bool] = mapped_column(Boolean, default=False)
     failure_reasons: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    # Weighted sum of its signals (refinery.ingest.failure); failing = score >= FAILURE_THRESHOLD.
+    failure_score: Mapped[float] = mapped_column(Float, default=0.0, server_default=text("0"))
     cluster_id: Mapped[str | None] = mapped_column(String(40), index=True)
     ingested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class Feedback(Base):
+    """Every signal on an interaction: sent by apps (source "app") or detected from sessions
+    (source "system": rephrase, abandon; re-derived whenever the session changes)."""
+
     __tablename__ = "feedback"
-    __table_args__ = (Index("ix_feedback_app_interaction", "app_id", "interaction_id"),)
+    __table_args__ = (
+        Index("ix_feedback_app_interaction", "app_id", "interaction_id"),
+        # The orphan sweep: feedback whose interaction has not arrived, oldest first.
+        Index("ix_feedback_unjoined", "joined", "ingested_at"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     event_id: Mapped[str] = mapped_column(String(128), unique=True)
@@ -82,6 +93,33 @@ class Feedback(Base):
     text: Mapped[str | None] = mapped_column(Text)
     occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     ingested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    session_id: Mapped[str | None] = mapped_column(String(128))
+    source: Mapped[str] = mapped_column(String(16), default="app", server_default="app")
+    # What a system signal saw (e.g. {"after_s": 40, "similarity": 0.83, "next": "i-2"}).
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # True once its interaction is stored; the orphan sweep dead-letters what stays False.
+    joined: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Where the event was read, for the dead-letter headers of an orphan.
+    kafka_topic: Mapped[str | None] = mapped_column(String(249))
+    kafka_partition: Mapped[int | None] = mapped_column(Integer)
+    kafka_offset: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class SessionState(Base):
+    """One row per conversation: what the abandon sweep needs without scanning interactions."""
+
+    __tablename__ = "sessions"
+    __table_args__ = (Index("ix_sessions_open_quiet", "closed_at", "last_seen_at"),)
+
+    app_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    session_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    last_occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))  # event time
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))  # arrival time
+    # Set when the sweep found the session ended; a later turn reopens it (NULL again).
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The last_seen_at that the latest rephrase analysis covered; older than last_seen_at (or
+    # NULL) means turns arrived since and the analysis is due.
+    analyzed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Embedding(Base):

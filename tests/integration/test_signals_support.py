@@ -1,0 +1,152 @@
+"""Helpers (no tests) shared by the signal, bad-input and canary tests: produce events to the real
+broker, run the real ingest consumer in-process until it has caught up, read the dead letters."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from kafka import KafkaProducer
+
+from refinery.embed import embedding_model_name
+from refinery.embed.embedder import get_embedder
+from refinery.ingest.consumer import IngestConsumer, IngestStats
+from refinery.ingest.deadletter import DeadLetter, read_dead_letters
+from refinery.ingest.storage import SessionKey
+from refinery.kafka.clients import make_consumer, make_producer
+from refinery.settings import Settings
+from refinery.signals.sessions import analyze_sessions
+from refinery.store.db import session_factory
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+def at(seconds: float) -> str:
+    """An ISO timestamp `seconds` after NOW (negative: before)."""
+    return (NOW + timedelta(seconds=seconds)).isoformat()
+
+
+def interaction(
+    iid: str,
+    query: str,
+    *,
+    session: str = "s1",
+    turn: int | None = None,
+    t: float = -3600,
+    app: str = "shop",
+    response: str = "an answer",
+    **extra,
+) -> dict:
+    event = {
+        "event_id": f"e-{iid}",
+        "app_id": app,
+        "session_id": session,
+        "interaction_id": iid,
+        "occurred_at": at(t),
+        "query": query,
+        "response": response,
+        **extra,
+    }
+    if turn is not None:
+        event["turn_index"] = turn
+    return event
+
+
+def feedback(
+    iid: str, kind: str, *, t: float = -3500, n: int = 0, app: str = "shop", **extra
+) -> dict:
+    return {
+        "event_id": f"f-{iid}-{kind}-{n}",
+        "app_id": app,
+        "interaction_id": iid,
+        "occurred_at": at(t),
+        "kind": kind,
+        **extra,
+    }
+
+
+@dataclass
+class Produced:
+    """Where each produced record landed: (topic, partition, offset) in send order."""
+
+    where: list[tuple[str, int, int]] = field(default_factory=list)
+
+
+def produce(
+    bootstrap: str, topic: str, events: Iterable[dict | bytes | None], key: bytes = b"shop"
+) -> Produced:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", max_request_size=4_000_000)
+    out = Produced()
+    try:
+        futures = []
+        for event in events:
+            value = (
+                event if isinstance(event, bytes) or event is None else json.dumps(event).encode()
+            )
+            futures.append(producer.send(topic, key=key, value=value))
+        for future in futures:
+            meta = future.get(timeout=30)
+            out.where.append((meta.topic, meta.partition, meta.offset))
+    finally:
+        producer.close()
+    return out
+
+
+@dataclass
+class Run:
+    stats: IngestStats
+    enqueued: list[int]
+    sessions: list[SessionKey]
+
+
+def ingest(settings: Settings, *, analyze: bool = True, timeout_s: float = 90) -> Run:
+    """The real consumer, in-process, until every partition is consumed; session analysis (the
+    Celery task's body) runs inline with the real model when `analyze`."""
+    enqueued: list[int] = []
+    analysed: list[SessionKey] = []
+    sessions = session_factory(settings.database_url)
+
+    def analyse(keys: list[SessionKey]) -> None:
+        analysed.extend(keys)
+        with sessions.begin() as session:
+            result = analyze_sessions(session, keys, settings, get_embedder(settings))
+        enqueued.extend(result.to_embed)
+
+    producer = make_producer(settings)
+    consumer = IngestConsumer(
+        settings,
+        consumer=make_consumer(
+            settings,
+            settings.topic_interactions,
+            settings.topic_feedback,
+            group_id=settings.ingest_group_id,
+        ),
+        producer=producer,
+        sessions=sessions,
+        enqueue=enqueued.extend,
+        embedding_model=embedding_model_name(settings),
+        enqueue_sessions=analyse if analyze else None,
+    )
+    deadline = time.monotonic() + timeout_s
+    try:
+        stats = consumer.run(should_stop=lambda: time.monotonic() > deadline, until_caught_up=True)
+    finally:
+        consumer.close()
+        producer.close()
+    assert time.monotonic() <= deadline, "ingest did not catch up in time"
+    return Run(stats, enqueued, analysed)
+
+
+def dead_letters(settings: Settings, *, expect: int, timeout_s: float = 30) -> list[DeadLetter]:
+    assert settings.kafka_bootstrap_servers
+    deadline = time.monotonic() + timeout_s
+    while True:
+        letters = read_dead_letters(
+            {"bootstrap_servers": settings.kafka_bootstrap_servers}, settings.topic_dead_letter
+        )
+        if len(letters) >= expect or time.monotonic() > deadline:
+            return letters
+        time.sleep(0.5)
