@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from refinery.api.middleware import BodySizeLimit, SecurityHeaders
 from refinery.api.routes import health, prompts, proposals, tokens, ui
+from refinery.collector.router import router as collector_router
 from refinery.review.actions import InvalidEdit
 from refinery.review.service import ProposalNotFound
 from refinery.settings import Settings
@@ -53,6 +54,7 @@ def create_app(settings: Settings, *, sessions: sessionmaker[Session] | None = N
     app.include_router(prompts.router)
     app.include_router(tokens.router)
     app.include_router(ui.router)
+    app.include_router(collector_router)  # POST /v1/events (refinery.collector)
 
     app.add_exception_handler(ProposalNotFound, proposals.not_found_handler)  # type: ignore[arg-type]
     app.add_exception_handler(InvalidEdit, proposals.invalid_edit_handler)  # type: ignore[arg-type]

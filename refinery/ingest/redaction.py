@@ -41,28 +41,32 @@ def redact_text(text: str) -> str:
     return _redactor().redact(text)
 
 
-def pseudonymize(identifier: str) -> str:
+def pseudonymize(identifier: str, redactor: Redactor | None = None) -> str:
     """The identifier itself when it holds no PII; else a stable pseudonym of it (same input,
     same pseudonym, so joins on it still work)."""
-    if _redactor().redact(identifier) == identifier:
+    if (redactor or _redactor()).redact(identifier) == identifier:
         return identifier
     return "pii-" + hashlib.sha256(identifier.encode("utf-8", "surrogatepass")).hexdigest()[:40]
 
 
 def redact_event(event: E) -> E:
-    r = _redactor()
+    """The event with its user text redacted by the process's redactor (settings)."""
+    return redact_event_with(event, _redactor())
+
+
+def redact_event_with(event: E, r: Redactor) -> E:
     ids = {
-        "event_id": pseudonymize(event.event_id),
-        "interaction_id": pseudonymize(event.interaction_id),
+        "event_id": pseudonymize(event.event_id, r),
+        "interaction_id": pseudonymize(event.interaction_id, r),
         "metadata": redact_json_strings(event.metadata, r),
     }
     if event.session_id is not None:
-        ids["session_id"] = pseudonymize(event.session_id)
+        ids["session_id"] = pseudonymize(event.session_id, r)
     if isinstance(event, InteractionEvent):
         sources = [
             s.model_copy(
                 update={
-                    "source_id": pseudonymize(s.source_id),
+                    "source_id": pseudonymize(s.source_id, r),
                     "title": r.redact(s.title) if s.title is not None else None,
                     "uri": r.redact(s.uri) if s.uri is not None else None,
                 }

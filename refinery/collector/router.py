@@ -1,0 +1,254 @@
+"""`POST /v1/events`: one event (a JSON object) or a batch (a JSON list), for one app.
+
+- Authentication: header `X-Refinery-Key`, the app's ingest key from COLLECTOR_KEYS (app_id ->
+  key). A key may send events of its own app only (403 otherwise). No key, an unknown key, or a
+  collector with no keys configured: 401.
+- Size: a body over COLLECTOR_MAX_BODY_BYTES or a batch over COLLECTOR_MAX_BATCH_EVENTS: 413.
+- Validation: each event goes through refinery.ingest.validate, exactly as ingest would see it.
+  A body that is not JSON, or any invalid event: 422 naming each invalid event's index, reason
+  and (redacted) detail; nothing of that request is accepted, and each invalid event is
+  dead-lettered (header source=collector) and counted like ingest's dead letters.
+- Accepted: every event is redacted, written to the interactions or feedback topic (key
+  app/session) and acknowledged by Kafka (acks=all) before 202 {"accepted": n}; Kafka not
+  acknowledging within COLLECTOR_PRODUCE_TIMEOUT_S: 503, and the client retries (event ids make
+  a retry harmless).
+- CORS: browsers from COLLECTOR_CORS_ORIGINS may call it (preflight included); a request with
+  any other Origin gets 403.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from refinery.emitter.client import event_key
+from refinery.ingest.deadletter import DeadLetterQueue
+from refinery.ingest.redaction import redact_event
+from refinery.ingest.validate import InvalidEvent, parse_event
+from refinery.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+KEY_HEADER = "X-Refinery-Key"
+_producer_lock = threading.Lock()
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    yield
+    producer = getattr(app.state, "collector_producer", None)
+    if producer is not None:
+        await run_in_threadpool(producer.close, 10)
+
+
+router = APIRouter(tags=["collector"], lifespan=_lifespan)
+
+
+def _settings(request: Request) -> Settings:
+    return getattr(request.app.state, "settings", None) or get_settings()
+
+
+def producer_for(request: Request) -> Any:
+    """The app's Kafka producer, made on first use (acks=all, idempotent); tests may set
+    `app.state.collector_producer` to their own."""
+    state = request.app.state
+    producer = getattr(state, "collector_producer", None)
+    if producer is None:
+        with _producer_lock:
+            producer = getattr(state, "collector_producer", None)
+            if producer is None:
+                from refinery.kafka.clients import make_producer
+
+                producer = make_producer(_settings(request))
+                state.collector_producer = producer
+    return producer
+
+
+def _cors_headers(settings: Settings, origin: str | None) -> dict[str, str] | None:
+    """CORS headers for an allowed origin; {} without an Origin; None for a refused origin."""
+    if origin is None:
+        return {}
+    allowed = settings.collector_cors_origins
+    if "*" in allowed:
+        return {"Access-Control-Allow-Origin": "*"}
+    if origin in allowed:
+        return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+    return None
+
+
+def _reply(status: int, body: dict[str, Any], cors: dict[str, str] | None) -> JSONResponse:
+    return JSONResponse(body, status_code=status, headers=cors or {})
+
+
+def _app_of_key(settings: Settings, key: str) -> str | None:
+    found = None
+    for app_id, secret in sorted(settings.collector_keys.items()):
+        # Compare with every key, always: the time taken says nothing about which one matched.
+        if hmac.compare_digest(secret.get_secret_value().encode(), key.encode()):
+            found = app_id
+    return found
+
+
+@router.options("/v1/events", include_in_schema=False)
+def preflight(request: Request) -> Response:
+    cors = _cors_headers(_settings(request), request.headers.get("origin"))
+    if not cors:
+        return JSONResponse(
+            {"detail": "origin not allowed (COLLECTOR_CORS_ORIGINS)"}, status_code=403
+        )
+    return Response(
+        status_code=204,
+        headers={
+            **cors,
+            "Access-Control-Allow-Methods": "POST, OPTIONS",
+            "Access-Control-Allow-Headers": f"Content-Type, {KEY_HEADER}",
+            "Access-Control-Max-Age": "600",
+        },
+    )
+
+
+@router.post(
+    "/v1/events",
+    status_code=202,
+    summary="Send interaction and feedback events (one object, or a list)",
+    responses={
+        202: {"description": "All events accepted and acknowledged by Kafka."},
+        401: {"description": f"{KEY_HEADER} missing or unknown."},
+        403: {"description": "The key's app is not the events' app, or the Origin is not allowed."},
+        413: {"description": "Body or batch too large."},
+        422: {"description": "Not JSON, or invalid events (index, reason, detail each)."},
+        503: {"description": "Kafka did not acknowledge in time; retry."},
+    },
+)
+async def collect(request: Request) -> JSONResponse:
+    settings = _settings(request)
+    cors = _cors_headers(settings, request.headers.get("origin"))
+    if cors is None:
+        return _reply(403, {"detail": "origin not allowed (COLLECTOR_CORS_ORIGINS)"}, None)
+    if not settings.collector_keys:
+        return _reply(
+            401, {"detail": "the collector has no ingest keys (COLLECTOR_KEYS is empty)"}, cors
+        )
+    key = request.headers.get(KEY_HEADER)
+    if not key:
+        return _reply(401, {"detail": f"the {KEY_HEADER} header is missing"}, cors)
+    key_app = _app_of_key(settings, key)
+    if key_app is None:
+        return _reply(401, {"detail": f"unknown {KEY_HEADER}"}, cors)
+
+    limit = settings.collector_max_body_bytes
+    too_large = {"detail": f"request body larger than COLLECTOR_MAX_BODY_BYTES={limit} bytes"}
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return _reply(413, too_large, cors)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return _reply(413, too_large, cors)
+
+    status, reply = await run_in_threadpool(_accept, request, settings, key_app, bytes(body))
+    return _reply(status, reply, cors)
+
+
+def _accept(
+    request: Request, settings: Settings, key_app: str, body: bytes
+) -> tuple[int, dict[str, Any]]:
+    try:
+        payload = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        return 422, {"detail": f"body is not UTF-8 (byte {exc.start})", "reason": "invalid_utf8"}
+    except RecursionError:
+        return 422, {"detail": "body nests too deeply", "reason": "too_deep"}
+    except ValueError as exc:
+        return 422, {"detail": f"body is not JSON: {exc}", "reason": "malformed_json"}
+    items = payload if isinstance(payload, list) else [payload]
+    if not items:
+        return 422, {"detail": "an empty batch: send an event object or a non-empty list"}
+    if len(items) > settings.collector_max_batch_events:
+        return 413, {
+            "detail": f"{len(items)} events, more than COLLECTOR_MAX_BATCH_EVENTS="
+            f"{settings.collector_max_batch_events}"
+        }
+
+    events, invalid = [], []
+    for index, item in enumerate(items):
+        raw = _encode(item)
+        event = parse_event(raw, settings)
+        if not isinstance(event, InvalidEvent) and event.app_id != key_app:
+            return 403, {
+                "detail": f"event {index} is for app {event.app_id!r}; this key sends for"
+                f" {key_app!r} only"
+            }
+        if isinstance(event, InvalidEvent):
+            invalid.append((index, raw, item, event))
+        else:
+            events.append(redact_event(event))
+    producer = producer_for(request)
+    if invalid:
+        _dead_letter(producer, settings, invalid)
+        return 422, {
+            "detail": f"{len(invalid)} of {len(items)} events are invalid; none was accepted",
+            "errors": [
+                {"index": index, "reason": event.reason, "detail": event.detail}
+                for index, _, _, event in invalid
+            ],
+        }
+    topics = {"interaction": settings.topic_interactions, "feedback": settings.topic_feedback}
+    try:
+        futures = [
+            producer.send(
+                topics[e.event_type], key=event_key(e), value=e.model_dump_json().encode("utf-8")
+            )
+            for e in events
+        ]
+        for future in futures:
+            future.get(timeout=settings.collector_produce_timeout_s)
+    except Exception as exc:  # a Kafka error or timeout: the client retries
+        log.warning(
+            "collector: Kafka did not acknowledge %d event(s): %s", len(events), type(exc).__name__
+        )
+        return 503, {"detail": "Kafka did not acknowledge the events in time; retry the request"}
+    return 202, {"accepted": len(events)}
+
+
+def _encode(item: Any) -> bytes:
+    """One event as the bytes ingest would read (lone surrogates stay escapes, so that
+    validation names them)."""
+    try:
+        return json.dumps(item, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(item).encode("utf-8")
+
+
+def _dead_letter(
+    producer: Any, settings: Settings, invalid: list[tuple[int, bytes, Any, InvalidEvent]]
+) -> None:
+    dead_letters = DeadLetterQueue(
+        producer, settings.topic_dead_letter, max_value_bytes=settings.dead_letter_max_value_bytes
+    )
+    for _, raw, item, event in invalid:
+        is_feedback = isinstance(item, dict) and (
+            item.get("event_type") == "feedback" or "kind" in item
+        )
+        app_id = item.get("app_id") if isinstance(item, dict) else None
+        dead_letters.send_raw(
+            raw,
+            event,
+            key=str(app_id).encode() if isinstance(app_id, str) else None,
+            source_topic=settings.topic_feedback if is_feedback else settings.topic_interactions,
+            source="collector",
+        )
+    try:
+        dead_letters.flush()
+    except Exception:  # the 422 stands; the dead letters are a copy for operators
+        log.warning("collector: dead letters not acknowledged", exc_info=True)
