@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
@@ -10,7 +12,7 @@ from refinery.cluster import algorithm
 from refinery.cluster.algorithm import assign_to_centroids, centroids, cluster_vectors
 
 DIM = 64
-PARAMS = {"similarity_threshold": 0.45, "min_cluster_size": 5}
+PARAMS: dict[str, Any] = {"similarity_threshold": 0.45, "min_cluster_size": 5}
 
 
 def _normalize(x: np.ndarray) -> np.ndarray:
