@@ -185,6 +185,8 @@ def check_event(
 def _summarize(exc: ValidationError) -> str:
     parts = []
     for error in exc.errors(include_url=False, include_input=False)[:5]:
-        where = ".".join(str(p) for p in error["loc"]) or "(event)"
+        # Each part alone: a metadata key is user input, and glued to "metadata." an address
+        # would no longer look like one to the redactor.
+        where = ".".join(redact_text(str(p)) for p in error["loc"]) or "(event)"
         parts.append(f"{where}: {error['msg']}")
     return "; ".join(parts)[:1000]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -307,3 +308,62 @@ def test_refinery_ingest_alone_finds_rephrases_and_the_abandon(
         ["rephrased within 35 s"],
         ["abandoned after rephrasing"],
     ], log.read_text()[-3000:]
+
+
+def test_rephrase_and_abandon_on_a_celery_worker_over_redis(
+    kafka_bootstrap, topics, postgres_url, redis_url, make_settings, activate, tmp_path
+):
+    """The deployed wiring: ingest hands sessions to Celery (Redis), a `refinery worker` on the
+    embed queue detects the rephrases, and the beat task finds the abandon."""
+    from refinery.ingest.consumer import IngestConsumer
+    from refinery.kafka.clients import make_consumer, make_producer
+    from refinery.runtime import celery_enqueue
+    from refinery.signals.enqueue import session_enqueue
+    from workers.celery_app import app
+
+    settings = activate(make_settings(
+        kafka_bootstrap_servers=kafka_bootstrap, database_url=postgres_url, redis_url=redis_url,
+        **topics,
+    ))  # fmt: skip
+    migrate(postgres_url)
+    produce(
+        kafka_bootstrap,
+        settings.topic_interactions,
+        [interaction(i, q, session="alice", turn=n, t=t) for n, (i, q, t) in enumerate(ALICE)],
+    )
+    log = tmp_path / "worker.log"
+    worker = start_role(
+        settings, "worker", "--queues", "embed", "--pool", "solo", log_path=log, ABANDON_QUIET_S="2"
+    )
+    try:
+        producer = make_producer(settings)
+        consumer = IngestConsumer(
+            settings,
+            consumer=make_consumer(settings, settings.topic_interactions, settings.topic_feedback,
+                                   group_id=settings.ingest_group_id),
+            producer=producer,
+            sessions=session_factory(postgres_url),
+            enqueue=celery_enqueue(settings),
+            embedding_model=embedding_model_name(settings),
+            enqueue_sessions=session_enqueue(settings),
+        )  # fmt: skip
+        try:
+            stats = consumer.run(until_caught_up=True)
+        finally:
+            consumer.close()
+            producer.close()
+        assert stats.sessions_enqueued == 1
+        ingested_at = time.monotonic()
+        wait_for(lambda: verdicts(postgres_url)["a2"][0], timeout_s=240, what="rephrases detected")
+        assert verdicts(postgres_url)["a1"] == (True, 1.0, ["rephrased within 40 s"])
+        time.sleep(max(0.0, 2.5 - (time.monotonic() - ingested_at)))  # ABANDON_QUIET_S=2 passes
+        app.send_task("refinery.sweep_abandoned_sessions").get(timeout=120)
+        assert verdicts(postgres_url)["a3"] == (True, 1.0, ["abandoned after rephrasing"]), (
+            log.read_text()[-3000:]
+        )
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
