@@ -41,12 +41,20 @@ def redact_text(text: str) -> str:
     return _redactor().redact(text)
 
 
+_PSEUDONYM = re.compile(r"pii-[a-p]{40}")
+_HEX_TO_LETTERS = str.maketrans("0123456789abcdef", "abcdefghijklmnop")
+
+
 def pseudonymize(identifier: str, redactor: Redactor | None = None) -> str:
     """The identifier itself when it holds no PII; else a stable pseudonym of it (same input,
-    same pseudonym, so joins on it still work)."""
+    same pseudonym, so joins on it still work). A pseudonym is letters only, so that no
+    redaction rule matches it and redacting twice (collector, then ingest) changes nothing."""
+    if _PSEUDONYM.fullmatch(identifier):
+        return identifier
     if (redactor or _redactor()).redact(identifier) == identifier:
         return identifier
-    return "pii-" + hashlib.sha256(identifier.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+    digest = hashlib.sha256(identifier.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+    return "pii-" + digest.translate(_HEX_TO_LETTERS)
 
 
 def redact_event(event: E) -> E:
