@@ -11,7 +11,9 @@ The score, folding the signals in time order (ties broken by event id):
   the two is kept);
 - thumbs up, thumbs down and a rating are one vote: the latest replaces the earlier one;
 - a positive signal (weight < 0) lowers the score accumulated before it, never below 0; when it
-  cancels all of it, the failure is cleared (a later negative signal counts afresh);
+  cancels all of it, the failure is cleared (a later negative signal counts afresh); a positive
+  kind counts once until then (two copies are one copy);
+- the same event (event id) twice counts once;
 - failing = score >= FAILURE_THRESHOLD; the reasons are the negative signals in effect, in the
   order they happened (empty when not failing).
 """
