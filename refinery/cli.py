@@ -232,7 +232,10 @@ def _sessions(settings: Settings):  # type: ignore[no-untyped-def]
 
 
 def cmd_review(settings: Settings, args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
     from refinery.review import render
+    from refinery.review.actions import InvalidEdit, edit_proposal, mark_applied
     from refinery.review.service import (
         DecisionConflict,
         ProposalFilter,
@@ -244,9 +247,6 @@ def cmd_review(settings: Settings, args: argparse.Namespace) -> int:
         proposal_history,
         reject,
     )
-    from pydantic import ValidationError
-
-    from refinery.review.actions import InvalidEdit, edit_proposal, mark_applied
 
     sessions = _sessions(settings)
     try:
@@ -270,10 +270,18 @@ def cmd_review(settings: Settings, args: argparse.Namespace) -> int:
             row = approve(sessions, args.id, actor=actor, topic=settings.topic_approved, comment=args.comment,
                           expected_version=args.version)
         elif args.review_cmd == "applied":
-            row = mark_applied(sessions, args.id, actor=actor, comment=args.comment, expected_version=args.version)
+            row = mark_applied(
+                sessions, args.id, actor=actor, comment=args.comment, expected_version=args.version
+            )
         elif args.review_cmd == "edit":
-            row = edit_proposal(sessions, args.id, actor=actor, edit=_artifact_edit(args), comment=args.comment,
-                                expected_version=args.version)
+            row = edit_proposal(
+                sessions,
+                args.id,
+                actor=actor,
+                edit=_artifact_edit(args),
+                comment=args.comment,
+                expected_version=args.version,
+            )
         else:
             row = reject(sessions, args.id, actor=actor, comment=args.comment, expected_version=args.version)
         print(f"{row.id}: {row.status} (version {row.version}) by {actor}")
@@ -315,9 +323,15 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
     from refinery.store.db import migrate
 
     migrate(settings.database_url)
-    log.info("review API and web UI on http://%s:%d/ (OpenAPI at /docs)", args.host, settings.api_port)
-    uvicorn.run(create_app(settings), host=args.host, port=settings.api_port, log_level=args.log_level.lower(),
-                proxy_headers=True, server_header=False)
+    log.info("review API and web UI on %s:%d (OpenAPI: /docs)", args.host, settings.api_port)
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=settings.api_port,
+        log_level=args.log_level.lower(),
+        proxy_headers=True,
+        server_header=False,
+    )
     return 0
 
 
@@ -328,11 +342,13 @@ def cmd_tokens(settings: Settings, args: argparse.Namespace) -> int:
     with sessions.begin() as session:
         if args.tokens_cmd == "create":
             try:
-                row, secret = create_token(session, name=args.token_name, role=Role(args.role), created_by="cli")
+                row, secret = create_token(
+                    session, name=args.token_name, role=Role(args.role), created_by="cli"
+                )
             except ValueError as exc:
                 print(f"invalid: {exc}", file=sys.stderr)
                 return 2
-            print(f"created token {row.id} ({row.role}) for {row.name}; it is shown only once:", file=sys.stderr)
+            print(f"token {row.id} ({row.role}) for {row.name}, shown only once:", file=sys.stderr)
             print(secret)
             return 0
         if args.tokens_cmd == "revoke":
@@ -364,6 +380,12 @@ def cmd_prompts(settings: Settings, args: argparse.Namespace) -> int:
         print(f"# {args.app}/{row.name} version {row.version} ({row.source})")
         print(row.text, end="" if row.text.endswith("\n") else "\n")
         return 0
+
+
+REVIEW_HELP = {
+    "applied": "approved -> applied (a downstream system acknowledged it)",
+    "edit": "change a pending proposal's artifact (list options replace the whole list)",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -423,18 +445,17 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("id")
     q.add_argument("--json", action="store_true")
     for name in ("approve", "reject", "applied", "edit"):
-        q = review.add_parser(name, help={"applied": "approved -> applied (downstream acknowledged it)",
-                                          "edit": "change a pending proposal's artifact"}.get(name))
+        q = review.add_parser(name, help=REVIEW_HELP.get(name))
         q.add_argument("id")
         q.add_argument("--comment")
         q.add_argument("--actor", default="cli")
         q.add_argument("--version", type=int, help="fail unless the proposal is at this version",
                        required=name == "edit")
-    q.add_argument("--proposed-text-file", help="system_prompt_edit: file with the new proposed prompt")
+    q.add_argument("--proposed-text-file", help="system_prompt_edit: file with the new prompt")
     q.add_argument("--topic", help="rag_source: new topic")
-    q.add_argument("--must-cover", action="append", help="rag_source: a must-cover item (repeat; replaces all)")
-    q.add_argument("--query", action="append", help="rag_source: a representative query (repeat; replaces all)")
-    q.add_argument("--rows-file", help="fine_tune_dataset: JSONL file of {'messages': [...]} rows (replaces all)")
+    q.add_argument("--must-cover", action="append", help="rag_source: must-cover item (repeat)")
+    q.add_argument("--query", action="append", help="rag_source: representative query (repeat)")
+    q.add_argument("--rows-file", help="fine_tune_dataset: JSONL of {'messages': [...]} rows")
     p.set_defaults(func=cmd_review)
 
     p = sub.add_parser("api", help="serve the review API and web UI on API_PORT")
@@ -445,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     tokens = p.add_subparsers(dest="tokens_cmd", required=True)
     q = tokens.add_parser("create", help="create a token and print it (once)")
     q.add_argument("--role", required=True, choices=["viewer", "reviewer", "admin"])
-    q.add_argument("--name", dest="token_name", required=True, help="who holds it (the audit log's actor)")
+    q.add_argument("--name", dest="token_name", required=True, help="holder (the audit's actor)")
     tokens.add_parser("list", help="list tokens (never their secrets)")
     q = tokens.add_parser("revoke", help="revoke a token by id")
     q.add_argument("id")

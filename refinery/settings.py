@@ -268,6 +268,17 @@ class Settings(BaseSettings):
     api_max_body_bytes: int = Field(
         1_048_576, description="Largest request body `refinery api` accepts; larger ones get 413."
     )
+    api_token_cache_s: float = Field(
+        5.0,
+        description="Seconds `refinery api` trusts a token it checked before asking the database"
+        " again; a token revoked by another process works here up to this long. 0 disables.",
+    )
+    api_worker_threads: int = Field(
+        12,
+        description="Threads of `refinery api` running database work at once (per process). Keep it"
+        " at or below the database connection pool (15 for SQLite, 30 for PostgreSQL); more"
+        " threads only queue for connections and contend for the GIL.",
+    )
 
     @property
     def embedded_kafka(self) -> bool:

@@ -12,16 +12,20 @@ import base64
 import hashlib
 import logging
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
+import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session, sessionmaker
 
 from refinery.api.middleware import BodySizeLimit, SecurityHeaders
 from refinery.api.routes import health, prompts, proposals, tokens, ui
+from refinery.api.tokens import PrincipalCache
 from refinery.collector.router import router as collector_router
 from refinery.review.actions import InvalidEdit
 from refinery.review.service import ProposalNotFound
@@ -35,7 +39,16 @@ API_VERSION = "1.0"
 
 def create_app(settings: Settings, *, sessions: sessionmaker[Session] | None = None) -> FastAPI:
     """The ASGI app. The schema must be migrated already (`refinery api` does it at start)."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # Every route touching the database is a plain `def`, run in this pool; bounding it by
+        # the connection pool keeps threads from queueing for connections (and the GIL).
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_worker_threads
+        yield
+
     app = FastAPI(
+        lifespan=lifespan,
         title="llm-refinery review API",
         version=API_VERSION,
         description=(
@@ -48,6 +61,7 @@ def create_app(settings: Settings, *, sessions: sessionmaker[Session] | None = N
     )
     app.state.settings = settings
     app.state.sessions = sessions or session_factory(settings.database_url)
+    app.state.principal_cache = PrincipalCache(settings.api_token_cache_s)
 
     app.include_router(health.router)
     app.include_router(proposals.router)
@@ -72,7 +86,13 @@ def create_app(settings: Settings, *, sessions: sessionmaker[Session] | None = N
         return _with_hashed_scripts(page)
 
     # Outermost last: security headers wrap everything, the 413 included.
-    app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
+    # The collector enforces its own limit (COLLECTOR_MAX_BODY_BYTES); do not cut below it.
+    collector_limit = getattr(settings, "collector_max_body_bytes", settings.api_max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.api_max_body_bytes,
+        per_path={"/v1/events": max(collector_limit, settings.api_max_body_bytes)},
+    )
     app.add_middleware(SecurityHeaders)
     return app
 
@@ -94,15 +114,29 @@ def _with_hashed_scripts(page: HTMLResponse) -> HTMLResponse:
 
 def _data_error(_request: Request, exc: DataError) -> JSONResponse:
     log.info("database refused a value: %s", exc.orig)
-    return JSONResponse({"detail": "a value is out of range or malformed for the database"}, status_code=422)
+    return JSONResponse(
+        {"detail": "a value is out of range or malformed for the database"}, status_code=422
+    )
 
 
-def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+def _validation_error(request: Request, exc: RequestValidationError) -> Response:
     """FastAPI's 422 body, minus the echo of the input (bounded output for unbounded input)."""
     if request.url.path.startswith("/ui/"):
         return ui.validation_error_page(request, exc)
     errors = [
-        {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+        {
+            "loc": list(e.get("loc", ())),
+            "msg": str(e.get("msg", "")),
+            "type": str(e.get("type", "")),
+        }
         for e in exc.errors()
     ]
     return JSONResponse({"detail": errors}, status_code=422)
+
+
+def app_from_env() -> FastAPI:
+    """For `uvicorn --factory refinery.api.app:app_from_env` (several worker processes, say): the
+    app configured from the environment, as `refinery api` configures it."""
+    from refinery.settings import get_settings
+
+    return create_app(get_settings())

@@ -1,44 +1,49 @@
-"""FastAPI dependencies as `Annotated` aliases: settings, database sessions, the caller and its role.
+"""FastAPI dependencies as `Annotated` aliases: settings, database sessions, the caller, its role.
 
 Authentication is a bearer token (`Authorization: Bearer rfy_...`): none or unknown -> 401, a role
 too low -> 403. The web UI authenticates with the same tokens, kept in a cookie, in routes/ui.py.
+
+Dependencies that do no I/O are `async def`: FastAPI runs a plain `def` one in the thread pool, a
+hop (and, under load, a wait for a thread) per dependency per request.
+
+No session-per-request dependency, on purpose: a `yield` dependency holds its connection after the
+route returns until its teardown gets a thread, while routes holding threads wait for connections
+(a pool deadlock under load). Routes open `with sessions() as session:` themselves, so a
+connection is taken and given back within one thread call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Path, Request, status
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
-from refinery.api.tokens import Principal, Role, authenticate
+from refinery.api.tokens import Principal, PrincipalCache, Role, authenticate, hash_token
 from refinery.review.actions import audit_forbidden
 from refinery.settings import Settings
 
 PROPOSAL_ID_PATTERN = r"^[A-Za-z0-9_-]{1,40}$"
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
-def get_sessions(request: Request) -> sessionmaker[Session]:
+async def get_sessions(request: Request) -> sessionmaker[Session]:
     return request.app.state.sessions  # type: ignore[no-any-return]
+
+
+async def get_principal_cache(request: Request) -> PrincipalCache:
+    return request.app.state.principal_cache  # type: ignore[no-any-return]
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionsDep = Annotated[sessionmaker[Session], Depends(get_sessions)]
-
-
-def get_db(sessions: SessionsDep) -> Iterator[Session]:
-    """A session for reads; writers use the service layer, which opens its own transactions."""
-    with sessions() as session:
-        yield session
-
-
-SessionDep = Annotated[Session, Depends(get_db)]
+PrincipalCacheDep = Annotated[PrincipalCache, Depends(get_principal_cache)]
 
 _bearer = HTTPBearer(
     auto_error=False,
@@ -47,16 +52,28 @@ _bearer = HTTPBearer(
 )
 
 
-def get_principal(
+async def get_principal(
     sessions: SessionsDep,
+    cache: PrincipalCacheDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     if credentials is None:
         raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED, "a bearer token is needed", headers={"WWW-Authenticate": "Bearer"}
+            status.HTTP_401_UNAUTHORIZED,
+            "a bearer token is needed",
+            headers={"WWW-Authenticate": "Bearer"},
         )
-    with sessions() as session:
-        principal = authenticate(session, credentials.credentials)
+    key = hash_token(credentials.credentials)
+    principal = cache.get(key)
+    if principal is None:
+
+        def lookup() -> Principal | None:
+            with sessions() as session:
+                return authenticate(session, credentials.credentials)
+
+        principal = await run_in_threadpool(lookup)
+        if principal is not None:
+            cache.put(key, principal)
     if principal is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
@@ -69,10 +86,13 @@ def get_principal(
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
-def require(role: Role) -> Callable[[Principal], Principal]:
-    def dependency(principal: PrincipalDep) -> Principal:
+def require(role: Role) -> Callable[[Principal], Awaitable[Principal]]:
+    async def dependency(principal: PrincipalDep) -> Principal:
         if not principal.role.allows(role):
-            raise HTTPException(status.HTTP_403_FORBIDDEN, f"needs role {role} or above; this token is {principal.role}")
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN,
+                f"needs role {role} or above; this token is {principal.role}",
+            )
         return principal
 
     return dependency
@@ -89,10 +109,19 @@ def reviewer_acting_on(action: str, target: str | None) -> Callable[..., Princip
     """Like `Reviewer`, but a refused attempt on an existing proposal is audited: every attempt
     on a proposal, allowed or refused, is in its history."""
 
-    def dependency(proposal_id: ProposalId, principal: PrincipalDep, sessions: SessionsDep) -> Principal:
+    def dependency(
+        proposal_id: ProposalId, principal: PrincipalDep, sessions: SessionsDep
+    ) -> Principal:
         if not principal.role.allows(Role.REVIEWER):
             reason = f"needs role reviewer or above; this token is {principal.role}"
-            audit_forbidden(sessions, proposal_id, actor=principal.name, action=action, target=target, reason=reason)
+            audit_forbidden(
+                sessions,
+                proposal_id,
+                actor=principal.name,
+                action=action,
+                target=target,
+                reason=reason,
+            )
             raise HTTPException(status.HTTP_403_FORBIDDEN, reason)
         return principal
 

@@ -43,18 +43,23 @@ async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
 
 
 class BodySizeLimit:
-    """413 for a body over `max_bytes`, by its Content-Length or, when chunked, as it arrives.
-    The body is read here (it is bounded) and replayed to the app."""
+    """413 for a body over `max_bytes` (or the path's own limit in `per_path`, for a route that
+    enforces its own), by its Content-Length or, when chunked, as it arrives. The body is read
+    here (it is bounded) and replayed to the app."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, per_path: dict[str, int] | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.per_path = per_path or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_large = {"detail": f"request body larger than {self.max_bytes} bytes"}
+        max_bytes = self.per_path.get(scope["path"], self.max_bytes)
+        too_large = {"detail": f"request body larger than {max_bytes} bytes"}
         for name, value in scope["headers"]:
             if name == b"content-length":
                 try:
@@ -62,7 +67,7 @@ class BodySizeLimit:
                 except ValueError:
                     await _send_json(send, 400, {"detail": "invalid Content-Length"})
                     return
-                if declared > self.max_bytes:
+                if declared > max_bytes:
                     await _send_json(send, 413, too_large)
                     return
         chunks: list[bytes] = []
@@ -73,7 +78,7 @@ class BodySizeLimit:
                 return
             body = message.get("body", b"")
             size += len(body)
-            if size > self.max_bytes:
+            if size > max_bytes:
                 await _send_json(send, 413, too_large)
                 return
             chunks.append(body)

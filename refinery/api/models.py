@@ -125,7 +125,9 @@ class DatasetView(BaseModel):
     items_truncated: bool
 
 
-ArtifactView = Annotated[PromptEditView | RagManifestView | DatasetView, Field(discriminator="kind")]
+ArtifactView = Annotated[
+    PromptEditView | RagManifestView | DatasetView, Field(discriminator="kind")
+]
 
 
 class ProposalDetail(ProposalSummary):
@@ -133,7 +135,9 @@ class ProposalDetail(ProposalSummary):
     decision_comment: str | None = None
     evidence: Evidence
     cluster: ClusterPublic | None = Field(None, description="The cluster now, if it still exists.")
-    trend: TrendPublic | None = Field(None, description="None when the cluster has no dated failures.")
+    trend: TrendPublic | None = Field(
+        None, description="None when the cluster has no dated failures."
+    )
     artifact: ArtifactView
     history: list[AuditPublic]
 

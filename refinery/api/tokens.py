@@ -17,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+import threading
+import time
 import uuid
 from dataclasses import dataclass
 from enum import StrEnum
@@ -55,6 +57,38 @@ class Principal:
     role: Role
 
 
+class PrincipalCache:
+    """Recently authenticated tokens (by hash), for `ttl_s` seconds: most requests then need no
+    database lookup before their own work. The price: a token revoked elsewhere (the CLI, another
+    API process) keeps working in this process for up to `ttl_s`; revoking through this process's
+    API evicts it at once. ttl_s=0 disables the cache."""
+
+    def __init__(self, ttl_s: float, max_entries: int = 10_000) -> None:
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self._entries: dict[str, tuple[float, Principal]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, token_hash: str) -> Principal | None:
+        entry = self._entries.get(token_hash)
+        if entry is None or entry[0] < time.monotonic():
+            return None
+        return entry[1]
+
+    def put(self, token_hash: str, principal: Principal) -> None:
+        if self.ttl_s <= 0:
+            return
+        with self._lock:
+            if len(self._entries) >= self.max_entries:
+                self._entries.clear()  # crude, and rare: a full cache means many live tokens
+            self._entries[token_hash] = (time.monotonic() + self.ttl_s, principal)
+
+    def evict(self, token_id: str) -> None:
+        with self._lock:
+            for key in [k for k, (_, p) in self._entries.items() if p.token_id == token_id]:
+                del self._entries[key]
+
+
 def hash_token(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
 
@@ -82,9 +116,7 @@ def authenticate(session: Session, secret: str) -> Principal | None:
     """The principal of a live token, or None for an unknown, malformed or revoked one."""
     if not secret.startswith(TOKEN_PREFIX) or len(secret) > 200:
         return None
-    row = session.scalars(
-        select(ApiToken).where(ApiToken.token_hash == hash_token(secret))
-    ).first()
+    row = session.scalars(select(ApiToken).where(ApiToken.token_hash == hash_token(secret))).first()
     if row is None or row.revoked_at is not None:
         return None
     return Principal(token_id=row.id, name=row.name, role=Role(row.role))

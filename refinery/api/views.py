@@ -21,12 +21,13 @@ from refinery.api.models import (
     DatasetRowPublic,
     DatasetView,
     DiffLine,
+    PromptEditView,
     ProposalDetail,
     ProposalSummary,
-    PromptEditView,
     RagManifestView,
     TrendPublic,
 )
+from refinery.review.service import ProposalFilter
 from refinery.store.models import AuditEntry, Cluster, Interaction, ProposalRow
 from schemas.proposals import Evidence, ProposalKind
 
@@ -54,6 +55,69 @@ def summary(row: ProposalRow) -> ProposalSummary:
         decided_by=row.decided_by,
         decided_at=aware(row.decided_at) if row.decided_at else None,
     )
+
+
+# The columns a list row needs: not the payload (kilobytes: diffs, datasets), only its size.
+_SUMMARY_COLUMNS = (
+    ProposalRow.id,
+    ProposalRow.app_id,
+    ProposalRow.kind,
+    ProposalRow.status,
+    ProposalRow.version,
+    ProposalRow.cluster_id,
+    ProposalRow.title,
+    ProposalRow.payload[("evidence", "size")].as_integer().label("size"),
+    ProposalRow.created_at,
+    ProposalRow.updated_at,
+    ProposalRow.decided_by,
+    ProposalRow.decided_at,
+)
+
+
+def list_summaries(
+    session: Session, filters: ProposalFilter, *, limit: int, offset: int
+) -> tuple[list[ProposalSummary], int]:
+    """A page of the queue, newest first, and the number of matches; the same filters and order
+    as refinery.review.service.list_proposals, without loading payloads."""
+    conditions = [
+        column == value
+        for column, value in (
+            (ProposalRow.app_id, filters.app_id),
+            (ProposalRow.kind, filters.kind),
+            (ProposalRow.status, filters.status),
+            (ProposalRow.cluster_id, filters.cluster_id),
+        )
+        if value is not None
+    ]
+    if filters.created_after is not None:
+        conditions.append(ProposalRow.created_at >= filters.created_after)
+    if filters.created_before is not None:
+        conditions.append(ProposalRow.created_at < filters.created_before)
+    total = session.scalar(select(func.count()).select_from(ProposalRow).where(*conditions)) or 0
+    rows = session.execute(
+        select(*_SUMMARY_COLUMNS)
+        .where(*conditions)
+        .order_by(ProposalRow.created_at.desc(), ProposalRow.id)
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    return [
+        ProposalSummary(
+            id=r.id,
+            app_id=r.app_id,
+            kind=r.kind,
+            status=r.status,
+            version=r.version,
+            cluster_id=r.cluster_id,
+            title=r.title,
+            size=r.size,
+            created_at=aware(r.created_at),
+            updated_at=aware(r.updated_at),
+            decided_by=r.decided_by,
+            decided_at=aware(r.decided_at) if r.decided_at else None,
+        )
+        for r in rows
+    ], int(total)
 
 
 def audit_public(entry: AuditEntry) -> AuditPublic:
@@ -105,7 +169,10 @@ def artifact_view(kind: str, artifact: dict, *, max_rows: int) -> ArtifactView:
         rows += 1
         try:
             obj = json.loads(line)
-            messages = [ChatMessagePublic(role=str(m["role"]), content=str(m["content"])) for m in obj["messages"]]
+            messages = [
+                ChatMessagePublic(role=str(m["role"]), content=str(m["content"]))
+                for m in obj["messages"]
+            ]
         except (ValueError, TypeError, KeyError):
             invalid += 1
             continue
@@ -123,7 +190,9 @@ def artifact_view(kind: str, artifact: dict, *, max_rows: int) -> ArtifactView:
     )
 
 
-def cluster_trend(session: Session, cluster_id: str, *, now: datetime | None = None) -> TrendPublic | None:
+def cluster_trend(
+    session: Session, cluster_id: str, *, now: datetime | None = None
+) -> TrendPublic | None:
     now = now or datetime.now(UTC)
     split = now - timedelta(days=TREND_WINDOW_DAYS)
     start = split - timedelta(days=TREND_WINDOW_DAYS)
@@ -148,10 +217,14 @@ def cluster_trend(session: Session, cluster_id: str, *, now: datetime | None = N
         direction = "falling"
     else:
         direction = "flat"
-    return TrendPublic(window_days=TREND_WINDOW_DAYS, recent=recent, previous=previous, direction=direction)
+    return TrendPublic(
+        window_days=TREND_WINDOW_DAYS, recent=recent, previous=previous, direction=direction
+    )
 
 
-def detail(session: Session, row: ProposalRow, history: list[AuditEntry], *, max_rows: int = 200) -> ProposalDetail:
+def detail(
+    session: Session, row: ProposalRow, history: list[AuditEntry], *, max_rows: int = 200
+) -> ProposalDetail:
     payload = row.payload
     cluster = session.get(Cluster, row.cluster_id)
     return ProposalDetail(

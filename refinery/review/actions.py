@@ -14,7 +14,7 @@ import difflib
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -28,7 +28,7 @@ MAX_AUDIT_DETAIL_CHARS = 20_000
 
 
 def _storable(value: str) -> str:
-    """Text both databases can store: PostgreSQL refuses NUL, and neither encodes lone surrogates."""
+    """Text both databases store: PostgreSQL refuses NUL, and neither encodes lone surrogates."""
     if "\x00" in value:
         raise ValueError("must not contain NUL characters")
     try:
@@ -38,8 +38,10 @@ def _storable(value: str) -> str:
     return value
 
 
-CleanText = Annotated[str, AfterValidator(_storable)]
-"""A string safe to store: use for every free-text field that reaches the database."""
+CleanText = Annotated[str, StringConstraints(pattern=r"^[^\x00]*$"), AfterValidator(_storable)]
+"""A string safe to store: use for every free-text field that reaches the database. The pattern
+puts the NUL rule into the JSON schema (so clients and fuzzers know it); the validator also
+refuses lone surrogates, which no schema pattern can express."""
 
 
 class ChatMessage(BaseModel):
@@ -112,13 +114,18 @@ def prompt_diff(prompt_name: str, base_version: str | None, base: str, proposed:
 
 def apply_edit(kind: str, payload: dict[str, Any], edit: ArtifactEdit) -> dict[str, Any]:
     """The proposal payload with `edit` applied, validated; raises InvalidEdit."""
-    given = edit.model_fields_set & {name for name in ArtifactEdit.model_fields if getattr(edit, name) is not None}
+    given = edit.model_fields_set & {
+        name for name in ArtifactEdit.model_fields if getattr(edit, name) is not None
+    }
     if not given:
         raise InvalidEdit("artifact", "give at least one field to change")
     allowed = _FIELDS_BY_KIND.get(kind, set())
     foreign = sorted(given - allowed)
     if foreign:
-        raise InvalidEdit(foreign[0], f"not a field of a {kind} artifact (those are: {', '.join(sorted(allowed))})")
+        raise InvalidEdit(
+            foreign[0],
+            f"not a field of a {kind} artifact (those are: {', '.join(sorted(allowed))})",
+        )
     artifact = dict(payload["artifact"])
     if kind == ProposalKind.SYSTEM_PROMPT_EDIT:
         proposed = edit.proposed_text or ""
@@ -147,9 +154,13 @@ def apply_edit(kind: str, payload: dict[str, Any], edit: ArtifactEdit) -> dict[s
 
 def _artifact_diff(old: dict[str, Any], new: dict[str, Any]) -> str:
     def lines(artifact: dict[str, Any]) -> list[str]:
-        return json.dumps(artifact, indent=1, sort_keys=True, ensure_ascii=False).splitlines(keepends=True)
+        return json.dumps(artifact, indent=1, sort_keys=True, ensure_ascii=False).splitlines(
+            keepends=True
+        )
 
-    diff = "".join(difflib.unified_diff(lines(old), lines(new), "artifact@before", "artifact@after", n=1))
+    diff = "".join(
+        difflib.unified_diff(lines(old), lines(new), "artifact@before", "artifact@after", n=1)
+    )
     if len(diff) > MAX_AUDIT_DETAIL_CHARS:
         diff = diff[:MAX_AUDIT_DETAIL_CHARS] + "\n[... cut]"
     return diff
@@ -176,22 +187,31 @@ def edit_proposal(
         current, version = row.status, row.version
         try:
             if current != ProposalStatus.PENDING:
-                raise TransitionRefused(f"only a pending proposal can be edited; this one is {current}")
+                raise TransitionRefused(
+                    f"only a pending proposal can be edited; this one is {current}"
+                )
             if expected_version != version:
                 raise DecisionConflict(
-                    f"proposal {proposal_id} is at version {version}, not {expected_version}; reload it"
+                    f"proposal {proposal_id} is at version {version}, not {expected_version}; "
+                    "reload it"
                 )
             new_payload = apply_edit(row.kind, row.payload, edit)
             now = utcnow()
             won = session.execute(
                 update(ProposalRow)
-                .where(ProposalRow.id == proposal_id, ProposalRow.version == version, ProposalRow.status == current)
+                .where(
+                    ProposalRow.id == proposal_id,
+                    ProposalRow.version == version,
+                    ProposalRow.status == current,
+                )
                 .values(payload=new_payload, version=version + 1, updated_at=now)
                 .execution_options(synchronize_session=False)
-            ).rowcount
+            ).rowcount  # type: ignore[attr-defined]
             if won != 1:
                 raise DecisionConflict(f"proposal {proposal_id} was changed by someone else first")
-            detail = (comment + "\n" if comment else "") + _artifact_diff(row.payload["artifact"], new_payload["artifact"])
+            detail = (comment + "\n" if comment else "") + _artifact_diff(
+                row.payload["artifact"], new_payload["artifact"]
+            )
             record_audit(session, proposal_id, actor, "edit", current, current, "ok", detail)
             session.commit()
         except (TransitionRefused, DecisionConflict) as exc:
@@ -225,14 +245,19 @@ def mark_applied(
             check_transition(current, target)
             if expected_version is not None and expected_version != version:
                 raise DecisionConflict(
-                    f"proposal {proposal_id} is at version {version}, not {expected_version}; reload it"
+                    f"proposal {proposal_id} is at version {version}, not {expected_version}; "
+                    "reload it"
                 )
             won = session.execute(
                 update(ProposalRow)
-                .where(ProposalRow.id == proposal_id, ProposalRow.version == version, ProposalRow.status == current)
+                .where(
+                    ProposalRow.id == proposal_id,
+                    ProposalRow.version == version,
+                    ProposalRow.status == current,
+                )
                 .values(status=target, version=version + 1, updated_at=utcnow())
                 .execution_options(synchronize_session=False)
-            ).rowcount
+            ).rowcount  # type: ignore[attr-defined]
             if won != 1:
                 raise DecisionConflict(f"proposal {proposal_id} was changed by someone else first")
             record_audit(session, proposal_id, actor, "applied", current, target, "ok", comment)
@@ -248,7 +273,13 @@ def mark_applied(
 
 
 def audit_forbidden(
-    sessions: sessionmaker[Session], proposal_id: str, *, actor: str, action: str, target: str | None, reason: str
+    sessions: sessionmaker[Session],
+    proposal_id: str,
+    *,
+    actor: str,
+    action: str,
+    target: str | None,
+    reason: str,
 ) -> None:
     """Record an attempt refused for lack of a role, when the proposal exists."""
     with sessions.begin() as session:
@@ -267,4 +298,6 @@ def _audit_refusal(
     error: Exception,
 ) -> None:
     with sessions.begin() as session:
-        record_audit(session, proposal_id, actor, action, from_status, to_status, "refused", str(error))
+        record_audit(
+            session, proposal_id, actor, action, from_status, to_status, "refused", str(error)
+        )

@@ -179,6 +179,11 @@ class ProposalRow(Base):
             postgresql_where=text("status = 'pending'"),
         ),
         Index("ix_proposals_app_status", "app_id", "status"),
+        # The review queue: newest first, optionally by status and kind. Without these a page sorts
+        # the whole table, reading every payload on the way (bench/bench_api.py).
+        Index("ix_proposals_created", "created_at", "id"),
+        Index("ix_proposals_status_created", "status", "created_at", "id"),
+        Index("ix_proposals_kind_status_created", "kind", "status", "created_at", "id"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -229,7 +234,7 @@ class OutboxRow(Base):
 
 
 class ApiToken(Base):
-    """API tokens of the review API: only the sha256 of the secret is stored (refinery.api.tokens)."""
+    """Tokens of the review API: only the sha256 of the secret is stored (refinery.api.tokens)."""
 
     __tablename__ = "api_tokens"
 

@@ -39,7 +39,9 @@ def api_env(db_url, make_settings, topics) -> ApiEnv:
     tokens = {}
     with sessions.begin() as session:
         for role in Role:
-            _, secret = create_token(session, name=f"{role.value}-user", role=role, created_by="test")
+            _, secret = create_token(
+                session, name=f"{role.value}-user", role=role, created_by="test"
+            )
             tokens[role.value] = secret
     return ApiEnv(settings=settings, sessions=sessions, tokens=tokens)
 
@@ -62,7 +64,9 @@ class LiveServer:
     def __init__(self, app) -> None:  # type: ignore[no-untyped-def]
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -104,7 +104,10 @@ def insert_proposal(
             artifact=RagSourceManifest(
                 topic="refurbished warranty cover",
                 representative_queries=[query, "Is there a warranty on a refurbished phone?"],
-                must_cover=[f"Answer: {query}", "Authoritative, current facts on: refurbished, warranty"],
+                must_cover=[
+                    f"Answer: {query}",
+                    "Authoritative, current facts on: refurbished, warranty",
+                ],
                 gap_signals={"no_sources": 12, "low_retrieval_score": 0, "admits_not_knowing": 9},
             ),
         )
@@ -132,7 +135,9 @@ def insert_proposal(
             title="Fine-tune on 2 corrected answers about “days fee restocking”",
             rationale="2 distinct queries received a user correction.",
             evidence=evidence,
-            artifact=FineTuneDataset(system_prompt=BASE_PROMPT, rows=len(lines), jsonl="\n".join(lines) + "\n"),
+            artifact=FineTuneDataset(
+                system_prompt=BASE_PROMPT, rows=len(lines), jsonl="\n".join(lines) + "\n"
+            ),
         )
     proposal_id = f"p_{uuid.uuid4().hex[:16]}"
     with sessions.begin() as session:

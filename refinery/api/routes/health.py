@@ -1,4 +1,4 @@
-"""/livez, /readyz, /metrics of `refinery api` (the other roles serve them from refinery.ops.health).
+"""/livez, /readyz, /metrics of `refinery api` (other roles serve them from refinery.ops.health).
 No token needed: probes and Prometheus call these."""
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, status
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from refinery.api.deps import Admin, SessionDep, SessionsDep, Viewer
+from refinery.api.deps import Admin, SessionsDep, Viewer
 from refinery.api.models import ConflictPublic, ErrorPublic, PromptPublic, PromptUpdate
 from refinery.api.views import aware
 from refinery.store.models import Prompt
@@ -55,16 +55,21 @@ def get_prompt(
     app_id: AppPath,
     name: NamePath,
     _: Viewer,
-    session: SessionDep,
-    version: Annotated[Identifier | None, Query(description="An older version; default: current.")] = None,
+    sessions: SessionsDep,
+    version: Annotated[
+        Identifier | None, Query(description="An older version; default: current.")
+    ] = None,
 ) -> PromptPublic:
-    current = _current(session, app_id, name)
-    if version is None:
-        return _public(current, current)
-    row = prompt_version(session, app_id=app_id, name=name, version=version)
-    if row is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"prompt {app_id}/{name} has no version {version!r}")
-    return _public(row, current)
+    with sessions() as session:
+        current = _current(session, app_id, name)
+        if version is None:
+            return _public(current, current)
+        row = prompt_version(session, app_id=app_id, name=name, version=version)
+        if row is None:
+            raise HTTPException(
+                status.HTTP_404_NOT_FOUND, f"prompt {app_id}/{name} has no version {version!r}"
+            )
+        return _public(row, current)
 
 
 @router.put(
@@ -76,17 +81,24 @@ def get_prompt(
         413: {"model": ErrorPublic, "description": "Body larger than API_MAX_BODY_BYTES."},
     },
 )
-def put_prompt(app_id: AppPath, name: NamePath, body: PromptUpdate, _: Admin, sessions: SessionsDep) -> PromptPublic:
+def put_prompt(
+    app_id: AppPath, name: NamePath, body: PromptUpdate, _: Admin, sessions: SessionsDep
+) -> PromptPublic:
     """Make `text` the current version (admin). The same text as the current one adds nothing."""
     try:
         with sessions.begin() as session:
             current = current_prompt(session, app_id=app_id, name=name)
-            if body.base_version is not None and (current is None or current.version != body.base_version):
+            if body.base_version is not None and (
+                current is None or current.version != body.base_version
+            ):
                 raise HTTPException(
                     status.HTTP_409_CONFLICT,
-                    f"current version is {current.version if current else 'none'}, not {body.base_version}",
+                    f"current version is {current.version if current else 'none'}, "
+                    f"not {body.base_version}",
                 )
             row = set_prompt(session, app_id=app_id, name=name, text=body.text, source="api")
             return _public(row, row)
     except IntegrityError as exc:  # a concurrent writer took the same next version
-        raise HTTPException(status.HTTP_409_CONFLICT, "the prompt changed meanwhile; read it and retry") from exc
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, "the prompt changed meanwhile; read it and retry"
+        ) from exc

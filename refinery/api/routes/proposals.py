@@ -9,13 +9,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Query, Response
 from fastapi.responses import JSONResponse
-from pydantic import AfterValidator
+from pydantic import AfterValidator, BaseModel
 from sqlalchemy.orm import Session, sessionmaker
 
 from refinery.api import views
 from refinery.api.deps import (
     ProposalId,
-    SessionDep,
     SessionsDep,
     SettingsDep,
     Viewer,
@@ -41,6 +40,14 @@ from schemas.proposals import ProposalKind, ProposalStatus
 
 router = APIRouter(prefix="/v1/proposals", tags=["proposals"])
 
+
+def json_response(model: BaseModel) -> Response:
+    """Serialize in the route's own thread. Returning the model would make FastAPI validate it
+    again against `response_model` and serialize it in another thread-pool hop; the
+    `response_model=` of each route still documents the body in the OpenAPI schema."""
+    return Response(model.__pydantic_serializer__.to_json(model), media_type="application/json")
+
+
 _AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorPublic, "description": "No token, or an unknown or revoked one."},
     403: {"model": ErrorPublic, "description": "The token's role is too low."},
@@ -51,7 +58,10 @@ _ONE_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 _WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
     **_ONE_ERRORS,
-    409: {"model": ConflictPublic, "description": "Not allowed from its status, or another write won."},
+    409: {
+        "model": ConflictPublic,
+        "description": "Not allowed from its status, or another write won.",
+    },
     413: {"model": ErrorPublic, "description": "Body larger than API_MAX_BODY_BYTES."},
 }
 
@@ -67,13 +77,15 @@ def _utc(value: datetime | None) -> datetime | None:
 
 
 UtcTime = Annotated[datetime | None, AfterValidator(_utc)]
-ClusterId = Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_-]{1,40}$", description="Cluster id (c_...).")]
+ClusterId = Annotated[
+    str | None, Query(pattern=r"^[A-Za-z0-9_-]{1,40}$", description="Cluster id (c_...).")
+]
 
 
 @router.get("", response_model=ProposalListPublic, responses=_AUTH_ERRORS)
 def list_proposals(
     _: Viewer,
-    session: SessionDep,
+    sessions: SessionsDep,
     app: Annotated[AppId | None, Query(description="Only this app's proposals.")] = None,
     kind: ProposalKind | None = None,
     status: ProposalStatus | None = None,
@@ -82,41 +94,47 @@ def list_proposals(
     created_before: Annotated[UtcTime, Query(description="Created before (ISO 8601).")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
-) -> ProposalListPublic:
+) -> Response:
     """Newest first."""
-    rows, total = service.list_proposals(
-        session,
-        ProposalFilter(
-            app_id=app,
-            kind=kind,
-            status=status,
-            cluster_id=cluster,
-            created_after=created_after,
-            created_before=created_before,
-        ),
-        limit=limit,
-        offset=offset,
-    )
-    return ProposalListPublic(total=total, limit=limit, offset=offset, items=[views.summary(r) for r in rows])
+    with sessions() as session:
+        items, total = views.list_summaries(
+            session,
+            ProposalFilter(
+                app_id=app,
+                kind=kind,
+                status=status,
+                cluster_id=cluster,
+                created_after=created_after,
+                created_before=created_before,
+            ),
+            limit=limit,
+            offset=offset,
+        )
+    return json_response(ProposalListPublic(total=total, limit=limit, offset=offset, items=items))
 
 
 @router.get("/{proposal_id}", response_model=ProposalDetail, responses=_ONE_ERRORS)
 def get_proposal(
     proposal_id: ProposalId,
     _: Viewer,
-    session: SessionDep,
+    sessions: SessionsDep,
     max_rows: Annotated[int, Query(ge=0, le=10_000, description="Dataset rows to include.")] = 200,
-) -> ProposalDetail:
+) -> Response:
     """The proposal with its evidence, its artifact rendered, and its history."""
-    row = service.get_proposal(session, proposal_id)
-    return views.detail(session, row, service.proposal_history(session, proposal_id), max_rows=max_rows)
+    with sessions() as session:
+        row = service.get_proposal(session, proposal_id)
+        detail = views.detail(
+            session, row, service.proposal_history(session, proposal_id), max_rows=max_rows
+        )
+    return json_response(detail)
 
 
 @router.get("/{proposal_id}/history", response_model=list[AuditPublic], responses=_ONE_ERRORS)
-def get_history(proposal_id: ProposalId, _: Viewer, session: SessionDep) -> list[AuditPublic]:
+def get_history(proposal_id: ProposalId, _: Viewer, sessions: SessionsDep) -> list[AuditPublic]:
     """Every attempt on the proposal, allowed or refused, oldest first."""
-    service.get_proposal(session, proposal_id)
-    return [views.audit_public(h) for h in service.proposal_history(session, proposal_id)]
+    with sessions() as session:
+        service.get_proposal(session, proposal_id)
+        return [views.audit_public(h) for h in service.proposal_history(session, proposal_id)]
 
 
 @router.get(
@@ -124,13 +142,14 @@ def get_history(proposal_id: ProposalId, _: Viewer, session: SessionDep) -> list
     responses={
         **_ONE_ERRORS,
         200: {
-            "description": "The prompt diff, the RAG source manifest (JSON) or the dataset (JSONL).",
+            "description": "Prompt diff, the RAG source manifest (JSON) or the dataset (JSONL).",
             "content": {"text/x-diff": {}, "application/json": {}, "application/x-ndjson": {}},
         },
     },
 )
-def download_artifact(proposal_id: ProposalId, _: Viewer, session: SessionDep) -> Response:
-    download = views.artifact_download(service.get_proposal(session, proposal_id))
+def download_artifact(proposal_id: ProposalId, _: Viewer, sessions: SessionsDep) -> Response:
+    with sessions() as session:
+        download = views.artifact_download(service.get_proposal(session, proposal_id))
     return Response(
         download.content,
         media_type=download.media_type,
@@ -138,10 +157,11 @@ def download_artifact(proposal_id: ProposalId, _: Viewer, session: SessionDep) -
     )
 
 
-def _detail(sessions: sessionmaker[Session], proposal_id: str) -> ProposalDetail:
+def _detail(sessions: sessionmaker[Session], proposal_id: str) -> Response:
     with sessions() as session:
         row = service.get_proposal(session, proposal_id)
-        return views.detail(session, row, service.proposal_history(session, proposal_id))
+        detail = views.detail(session, row, service.proposal_history(session, proposal_id))
+    return json_response(detail)
 
 
 def _conflict(sessions: sessionmaker[Session], proposal_id: str, exc: Exception) -> JSONResponse:
@@ -175,7 +195,9 @@ def edit_proposal(
             comment=body.comment,
         )
     except (DecisionConflict, TransitionRefused) as exc:
-        REVIEW_DECISIONS.labels("edit", "conflict" if isinstance(exc, DecisionConflict) else "invalid").inc()
+        REVIEW_DECISIONS.labels(
+            "edit", "conflict" if isinstance(exc, DecisionConflict) else "invalid"
+        ).inc()
         return _conflict(sessions, proposal_id, exc)
     REVIEW_DECISIONS.labels("edit", "applied").inc()
     return _detail(sessions, proposal_id)
@@ -185,7 +207,9 @@ def edit_proposal(
 def approve_proposal(
     proposal_id: ProposalId,
     body: Decision,
-    principal: Annotated[Principal, Depends(reviewer_acting_on("approve", ProposalStatus.APPROVED))],
+    principal: Annotated[
+        Principal, Depends(reviewer_acting_on("approve", ProposalStatus.APPROVED))
+    ],
     sessions: SessionsDep,
     settings: SettingsDep,
 ) -> Any:
@@ -201,7 +225,9 @@ def approve_proposal(
             expected_version=body.expected_version,
         )
     except (DecisionConflict, TransitionRefused) as exc:
-        REVIEW_DECISIONS.labels("approve", "conflict" if isinstance(exc, DecisionConflict) else "invalid").inc()
+        REVIEW_DECISIONS.labels(
+            "approve", "conflict" if isinstance(exc, DecisionConflict) else "invalid"
+        ).inc()
         return _conflict(sessions, proposal_id, exc)
     REVIEW_DECISIONS.labels("approve", "applied").inc()
     PROPOSALS.labels(row.kind, ProposalStatus.APPROVED).inc()
@@ -218,10 +244,16 @@ def reject_proposal(
     """pending -> rejected."""
     try:
         row = service.reject(
-            sessions, proposal_id, actor=principal.name, comment=body.comment, expected_version=body.expected_version
+            sessions,
+            proposal_id,
+            actor=principal.name,
+            comment=body.comment,
+            expected_version=body.expected_version,
         )
     except (DecisionConflict, TransitionRefused) as exc:
-        REVIEW_DECISIONS.labels("reject", "conflict" if isinstance(exc, DecisionConflict) else "invalid").inc()
+        REVIEW_DECISIONS.labels(
+            "reject", "conflict" if isinstance(exc, DecisionConflict) else "invalid"
+        ).inc()
         return _conflict(sessions, proposal_id, exc)
     REVIEW_DECISIONS.labels("reject", "applied").inc()
     PROPOSALS.labels(row.kind, ProposalStatus.REJECTED).inc()
@@ -240,7 +272,11 @@ def mark_applied(
     body = body or AppliedAck()
     try:
         row = actions.mark_applied(
-            sessions, proposal_id, actor=principal.name, comment=body.comment, expected_version=body.expected_version
+            sessions,
+            proposal_id,
+            actor=principal.name,
+            comment=body.comment,
+            expected_version=body.expected_version,
         )
     except (DecisionConflict, TransitionRefused) as exc:
         return _conflict(sessions, proposal_id, exc)
@@ -255,5 +291,6 @@ def not_found_handler(_request: Any, exc: ProposalNotFound) -> JSONResponse:
 def invalid_edit_handler(_request: Any, exc: actions.InvalidEdit) -> JSONResponse:
     # Shaped like FastAPI's own 422s, so clients parse one format.
     return JSONResponse(
-        {"detail": [{"loc": ["body", exc.field], "msg": exc.message, "type": "value_error"}]}, status_code=422
+        {"detail": [{"loc": ["body", exc.field], "msg": exc.message, "type": "value_error"}]},
+        status_code=422,
     )

@@ -116,7 +116,9 @@ async def _form(request: Request) -> dict[str, str]:
     """An application/x-www-form-urlencoded body (the body size limit already bounds it)."""
     raw = await request.body()
     try:
-        pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False, max_num_fields=100)
+        pairs = parse_qsl(
+            raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False, max_num_fields=100
+        )
     except (UnicodeDecodeError, ValueError):
         return {}
     # Browsers send textarea line breaks as CRLF; store LF like everything else.
@@ -124,8 +126,16 @@ async def _form(request: Request) -> dict[str, str]:
 
 
 def validation_error_page(_request: Request, exc: RequestValidationError) -> HTMLResponse:
-    fields = ", ".join(".".join(str(p) for p in e.get("loc", ())[1:]) or "request" for e in exc.errors())
-    return render("error.html", 422, title="Invalid request", message=f"Invalid value for: {fields}", user=None)
+    fields = ", ".join(
+        ".".join(str(p) for p in e.get("loc", ())[1:]) or "request" for e in exc.errors()
+    )
+    return render(
+        "error.html",
+        422,
+        title="Invalid request",
+        message=f"Invalid value for: {fields}",
+        user=None,
+    )
 
 
 # --- static and session --------------------------------------------------------------------
@@ -171,7 +181,9 @@ async def login(request: Request, sessions: SessionsDep) -> Response:
 @router.post("/logout")
 async def logout(request: Request, user: UiUserDep) -> Response:
     if not hmac.compare_digest((await _form(request)).get("csrf", ""), user.csrf):
-        return render("error.html", 403, title="Forbidden", message="Stale form; reload the page.", user=user)
+        return render(
+            "error.html", 403, title="Forbidden", message="Stale form; reload the page.", user=user
+        )
     response = RedirectResponse("/ui/login", status_code=303)
     response.delete_cookie(COOKIE, path="/")
     return response
@@ -216,7 +228,7 @@ def queue(request: Request, user: UiUserDep, sessions: SessionsDep) -> HTMLRespo
     values, errors = _parse_filters(params)
     offset = values.pop("offset", 0)
     with sessions() as session:
-        rows, total = service.list_proposals(
+        items, total = views.list_summaries(
             session,
             ProposalFilter(
                 app_id=values.get("app"),
@@ -229,8 +241,11 @@ def queue(request: Request, user: UiUserDep, sessions: SessionsDep) -> HTMLRespo
             limit=PAGE_SIZE,
             offset=offset,
         )
-        items = [views.summary(r) for r in rows]
-    kept = {k: params[k] for k in _FILTERS if k != "offset" and params.get(k, "").strip() and k not in errors}
+    kept = {
+        k: params[k]
+        for k in _FILTERS
+        if k != "offset" and params.get(k, "").strip() and k not in errors
+    }
 
     def page_url(new_offset: int) -> str:
         return "/ui/?" + urlencode({**kept, "offset": new_offset})
@@ -287,7 +302,9 @@ def _detail_page(
     try:
         detail = _load_detail(sessions, proposal_id)
     except ProposalNotFound:
-        return render("error.html", 404, title="Not found", message=f"No proposal {proposal_id}.", user=user)
+        return render(
+            "error.html", 404, title="Not found", message=f"No proposal {proposal_id}.", user=user
+        )
     values = _edit_values(detail)
     if submitted:
         values.update({k: v for k, v in submitted.items() if k in values})
@@ -317,7 +334,13 @@ def proposal_artifact(proposal_id: ProposalId, _user: UiUserDep, sessions: Sessi
         try:
             download = views.artifact_download(service.get_proposal(session, proposal_id))
         except ProposalNotFound:
-            return render("error.html", 404, title="Not found", message=f"No proposal {proposal_id}.", user=None)
+            return render(
+                "error.html",
+                404,
+                title="Not found",
+                message=f"No proposal {proposal_id}.",
+                user=None,
+            )
     return Response(
         download.content,
         media_type=download.media_type,
@@ -345,7 +368,9 @@ def _edit_from_form(kind: str, form: dict[str, str]) -> actions.ArtifactEdit:
         try:
             rows.append(actions.DatasetRow.model_validate_json(line))
         except ValidationError as exc:
-            raise actions.InvalidEdit("rows", f"line {number} is not a valid chat row: {exc.errors()[0]['msg']}") from exc
+            raise actions.InvalidEdit(
+                "rows", f"line {number} is not a valid chat row: {exc.errors()[0]['msg']}"
+            ) from exc
     return actions.ArtifactEdit(rows=rows)
 
 
@@ -366,14 +391,23 @@ def _act(
         raise actions.InvalidEdit("version", "missing; reload the page") from exc
     if action == "approve":
         row = service.approve(
-            sessions, proposal_id, actor=actor, topic=settings.topic_approved, comment=comment, expected_version=version
+            sessions,
+            proposal_id,
+            actor=actor,
+            topic=settings.topic_approved,
+            comment=comment,
+            expected_version=version,
         )
         PROPOSALS.labels(row.kind, ProposalStatus.APPROVED).inc()
     elif action == "reject":
-        row = service.reject(sessions, proposal_id, actor=actor, comment=comment, expected_version=version)
+        row = service.reject(
+            sessions, proposal_id, actor=actor, comment=comment, expected_version=version
+        )
         PROPOSALS.labels(row.kind, ProposalStatus.REJECTED).inc()
     elif action == "applied":
-        row = actions.mark_applied(sessions, proposal_id, actor=actor, comment=comment, expected_version=version)
+        row = actions.mark_applied(
+            sessions, proposal_id, actor=actor, comment=comment, expected_version=version
+        )
         PROPOSALS.labels(row.kind, ProposalStatus.APPLIED).inc()
     else:
         with sessions() as session:
@@ -403,7 +437,9 @@ async def proposal_action(
 ) -> Response:
     form = await _form(request)
     if not hmac.compare_digest(form.get("csrf", ""), user.csrf):
-        return render("error.html", 403, title="Forbidden", message="Stale form; reload the page.", user=user)
+        return render(
+            "error.html", 403, title="Forbidden", message="Stale form; reload the page.", user=user
+        )
     if not user.can_review:
         reason = f"needs role reviewer or above; this token is {user.principal.role}"
         await run_in_threadpool(
@@ -415,24 +451,40 @@ async def proposal_action(
             target=_TARGET[action],
             reason=reason,
         )
-        return _detail_page(sessions, proposal_id, user, status_code=403, error=f"Not allowed: {reason}.")
+        return _detail_page(
+            sessions, proposal_id, user, status_code=403, error=f"Not allowed: {reason}."
+        )
     decision = "edit" if action == "edit" else action
     try:
-        await run_in_threadpool(_act, sessions, settings, proposal_id, action, user.principal.name, form)
+        await run_in_threadpool(
+            _act, sessions, settings, proposal_id, action, user.principal.name, form
+        )
     except ProposalNotFound:
-        return render("error.html", 404, title="Not found", message=f"No proposal {proposal_id}.", user=user)
+        return render(
+            "error.html", 404, title="Not found", message=f"No proposal {proposal_id}.", user=user
+        )
     except (DecisionConflict, TransitionRefused) as exc:
-        REVIEW_DECISIONS.labels(decision, "conflict" if isinstance(exc, DecisionConflict) else "invalid").inc()
-        return _detail_page(sessions, proposal_id, user, status_code=409, error=str(exc), submitted=form)
+        REVIEW_DECISIONS.labels(
+            decision, "conflict" if isinstance(exc, DecisionConflict) else "invalid"
+        ).inc()
+        return _detail_page(
+            sessions, proposal_id, user, status_code=409, error=str(exc), submitted=form
+        )
     except actions.InvalidEdit as exc:
-        return _detail_page(sessions, proposal_id, user, status_code=422, error=str(exc), submitted=form)
+        return _detail_page(
+            sessions, proposal_id, user, status_code=422, error=str(exc), submitted=form
+        )
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ())) or "input"
         return _detail_page(
-            sessions, proposal_id, user, status_code=422, error=f"{where}: {first['msg']}", submitted=form
+            sessions,
+            proposal_id,
+            user,
+            status_code=422,
+            error=f"{where}: {first['msg']}",
+            submitted=form,
         )
     if action != "applied":
         REVIEW_DECISIONS.labels(decision, "applied").inc()
     return RedirectResponse(f"/ui/proposals/{proposal_id}?done={_DONE[action]}", status_code=303)
-

@@ -1,4 +1,4 @@
-"""api tokens of the review API
+"""api tokens of the review API; the review queue's indexes
 
 Revision ID: 0002
 Revises: 0001
@@ -26,7 +26,19 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("token_hash"),
     )
+    with op.batch_alter_table("proposals", schema=None) as batch_op:
+        batch_op.create_index("ix_proposals_created", ["created_at", "id"], unique=False)
+        batch_op.create_index(
+            "ix_proposals_status_created", ["status", "created_at", "id"], unique=False
+        )
+        batch_op.create_index(
+            "ix_proposals_kind_status_created", ["kind", "status", "created_at", "id"], unique=False
+        )
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("proposals", schema=None) as batch_op:
+        batch_op.drop_index("ix_proposals_kind_status_created")
+        batch_op.drop_index("ix_proposals_status_created")
+        batch_op.drop_index("ix_proposals_created")
     op.drop_table("api_tokens")

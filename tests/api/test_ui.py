@@ -1,0 +1,221 @@
+"""The web UI: in headless Chromium (Debian's `chromium`, driven by Playwright) a reviewer logs in
+with a token, filters the queue, opens a proposal, edits and approves it, and sees its state
+change; stored XSS in evidence and comments renders as inert text. Over plain HTTP: cookie flags,
+CSRF, roles, and the log-in redirect.
+
+UPDATE_SCREENSHOTS=1 also writes docs/img/review-list.png and docs/img/review-detail.png.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from refinery.store.models import AuditEntry, ProposalRow
+from tests.api.helpers import insert_proposal
+
+CHROMIUM = "/usr/bin/chromium"
+DOCS_IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
+XSS_QUERY = (
+    'How do I pair <script>window.__xss=1</script> my <img src=x onerror="window.__xss=2"> earbuds?'
+)
+
+
+@pytest.fixture
+def browser() -> Iterator:
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is needed: apt-get install -y chromium")
+    with sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def _login(page, server, token: str) -> None:
+    page.goto(f"{server.url}/ui/")
+    assert page.url.endswith("/ui/login")  # no cookie: sent to log in
+    page.fill("#token", token)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{server.url}/ui/")
+
+
+def _screenshot(page, tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    page.screenshot(path=str(path), full_page=True)
+    if os.environ.get("UPDATE_SCREENSHOTS") == "1":
+        DOCS_IMG.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, DOCS_IMG / name)
+
+
+def test_reviewer_logs_in_edits_and_approves(api_env, live_server, browser, tmp_path):
+    prompt_id = insert_proposal(api_env.sessions, "system_prompt_edit")
+    insert_proposal(
+        api_env.sessions, "rag_source", query="How long is the warranty for refurbished phones?"
+    )
+    insert_proposal(
+        api_env.sessions, "fine_tune_dataset", query="What is the restocking fee after 60 days?"
+    )
+    insert_proposal(
+        api_env.sessions,
+        "rag_source",
+        app_id="acme-bank",
+        status="rejected",
+        query="Can I open a joint account online?",
+    )
+    page = browser.new_page(viewport={"width": 1280, "height": 860})
+    _login(page, live_server, api_env.tokens["reviewer"])
+
+    assert page.locator("table.queue tbody tr").count() == 4
+    assert page.inner_text(".whoami").startswith("reviewer-user")
+    _screenshot(page, tmp_path, "review-list.png")
+    page.select_option("select[name=status]", "pending")
+    page.fill("input[name=app]", "nimbus-support")
+    page.click(".filters button[type=submit]")
+    page.wait_for_url(re.compile(r".*status=pending.*"))
+    assert page.locator("table.queue tbody tr").count() == 3
+
+    page.click(f"a[href='/ui/proposals/{prompt_id}']")
+    page.wait_for_url(f"{live_server.url}/ui/proposals/{prompt_id}")
+    assert page.inner_text("#status") == "pending"
+    assert page.locator("#diff .op-add").count() == 2  # the blank line and the instruction
+    assert (
+        page.locator("#diff .op-add").nth(1).evaluate("e => getComputedStyle(e).backgroundColor")
+        != "rgba(0, 0, 0, 0)"
+    )
+    assert "This answer is too long and rambles." in page.inner_text("ol.examples")
+    _screenshot(page, tmp_path, "review-detail.png")
+
+    # Edit before approving: the diff is recomputed and the version goes up.
+    page.click("details.edit summary")
+    text = page.input_value("#proposed_text")
+    page.fill("#proposed_text", text + "Never promise refunds.\n")
+    page.fill("#edit-comment", "no refund promises")
+    page.click("#save-edit")
+    page.wait_for_url(re.compile(r".*done=edited"))
+    assert page.inner_text("#version") == "2"
+    assert "+Never promise refunds." in page.inner_text("#diff")
+
+    page.fill("#approve-comment", "Looks right")
+    page.click("#approve")
+    page.wait_for_url(re.compile(r".*done=approved"))
+    assert page.inner_text("#status") == "approved"
+    assert page.inner_text(".flash.ok").startswith("Approved.")
+    assert page.locator("#approve").count() == 0 and page.locator("#applied").count() == 1
+    with api_env.sessions() as s:
+        row = s.get(ProposalRow, prompt_id)
+        assert (row.status, row.version, row.decided_by) == ("approved", 3, "reviewer-user")
+        assert row.payload["artifact"]["proposed_text"].endswith("Never promise refunds.\n")
+
+    page.click("#applied")
+    page.wait_for_url(re.compile(r".*done=applied"))
+    assert page.inner_text("#status") == "applied"
+
+
+def test_stored_xss_stays_inert(api_env, live_server, browser):
+    payload_comment = '<img src=x onerror="window.__xss=3">'
+    pid = insert_proposal(
+        api_env.sessions,
+        "rag_source",
+        query=XSS_QUERY,
+        response="<script>window.__xss=4</script>",
+        feedback_text=payload_comment,
+    )
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    _login(page, live_server, api_env.tokens["reviewer"])
+    page.goto(f"{live_server.url}/ui/proposals/{pid}")
+    # A reviewer's comment is user text too.
+    page.fill("#reject-comment", "<script>window.__xss=5</script>")
+    page.click("#reject")
+    page.wait_for_url(re.compile(r".*done=rejected"))
+
+    assert page.evaluate("typeof window.__xss") == "undefined"
+    assert page.locator("main img").count() == 0 and page.locator("main script").count() == 0
+    examples = page.inner_text("ol.examples")
+    assert (
+        XSS_QUERY in examples
+        and "<script>window.__xss=4</script>" in examples
+        and payload_comment in examples
+    )
+    assert page.get_by_text("<script>window.__xss=5</script>").first.is_visible()
+    assert "<script>window.__xss=1</script>" in page.inner_text(
+        "dd ul"
+    )  # the manifest repeats the query
+    assert errors == []
+    response = page.goto(f"{live_server.url}/ui/proposals/{pid}")
+    csp = response.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "script-src" not in csp and "unsafe-inline" not in csp
+
+
+def _csrf(html: str) -> str:
+    return re.search(r'name="csrf" value="([0-9a-f]{64})"', html).group(1)
+
+
+def test_ui_session_csrf_and_roles(api_env, client):
+    pid = insert_proposal(api_env.sessions, "rag_source")
+    assert client.get("/ui/", follow_redirects=False).headers["location"] == "/ui/login"
+    bad = client.post("/ui/login", data={"token": "rfy_wrong"})
+    assert bad.status_code == 401 and "Unknown or revoked token." in bad.text
+
+    r = client.post("/ui/login", data={"token": api_env.tokens["viewer"]}, follow_redirects=False)
+    assert r.status_code == 303
+    cookie = r.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie and "path=/" in cookie
+    page = client.get(f"/ui/proposals/{pid}")
+    assert "Read-only" in page.text and 'action="/ui/proposals/' not in page.text
+    denied = client.post(
+        f"/ui/proposals/{pid}/approve", data={"csrf": _csrf(page.text), "version": "1"}
+    )
+    assert denied.status_code == 403
+
+    client.post("/ui/login", data={"token": api_env.tokens["reviewer"]})
+    page = client.get(f"/ui/proposals/{pid}")
+    forged = client.post(f"/ui/proposals/{pid}/approve", data={"csrf": "0" * 64, "version": "1"})
+    assert forged.status_code == 403
+    stale = client.post(
+        f"/ui/proposals/{pid}/reject", data={"csrf": _csrf(page.text), "version": "7"}
+    )
+    assert stale.status_code == 409 and "reload it" in stale.text
+    bad_edit = client.post(
+        f"/ui/proposals/{pid}/edit",
+        data={
+            "csrf": _csrf(page.text),
+            "version": "1",
+            "topic": "",
+            "must_cover": "",
+            "representative_queries": "",
+        },
+    )
+    assert bad_edit.status_code == 422
+    with api_env.sessions() as s:
+        assert s.get(ProposalRow, pid).status == "pending"
+        outcomes = [
+            (a.actor, a.action, a.outcome)
+            for a in s.scalars(
+                select(AuditEntry).where(AuditEntry.proposal_id == pid).order_by(AuditEntry.id)
+            )
+        ]
+    assert outcomes == [
+        ("system:proposer", "create", "ok"),
+        ("viewer-user", "approve", "refused"),
+        ("reviewer-user", "reject", "refused"),
+    ]
+
+    assert client.get("/ui/proposals/p_nope").status_code == 404
+    assert client.get("/ui/?kind=bogus&offset=-3").status_code == 422
+    out = client.post("/ui/logout", data={"csrf": _csrf(page.text)}, follow_redirects=False)
+    assert out.status_code == 303 and 'refinery_token=""' in out.headers["set-cookie"]
