@@ -221,6 +221,12 @@ class Settings(BaseSettings):
         None, description="SentenceTransformer model path. Unset: all-MiniLM-L6-v2 from its wheel."
     )
     embedding_batch_size: int = Field(64, description="Texts per forward pass of the encoder.")
+    embedding_int8: bool = Field(
+        False,
+        description="Quantize the encoder's Linear layers to int8 (torch dynamic quantization):"
+        " ~2x CPU throughput, vectors at mean cosine ~0.95 to fp32 (bench/bench_cluster.py --int8)."
+        " Its vectors are cached apart from fp32 ones (the cache key gets \"+int8\").",
+    )
 
     # --- clustering --------------------------------------------------------------------------
     cluster_similarity_threshold: float = Field(
@@ -242,6 +248,94 @@ class Settings(BaseSettings):
     cluster_min_size: int = Field(5, description="Fewest members of a cluster; smaller go to outliers.")
     cluster_match_overlap: float = Field(
         0.5, description="Shared members / smaller cluster at which a new cluster keeps an old cluster's id."
+    )
+    cluster_match_centroid_similarity: float = Field(
+        0.85,
+        description="Cosine similarity of centroids at which a new cluster that shares too few"
+        " members with any old one still keeps the id of the most similar unclaimed old cluster"
+        " (the same failure mode after the window moved on).",
+    )
+    cluster_lineage_min_share: float = Field(
+        0.2,
+        description="Share of an old cluster's members that must land in a new cluster for the flow"
+        " to count in the lineage: an old cluster with two such flows was split, a new cluster"
+        " with two such sources is a merge (table cluster_events).",
+    )
+    cluster_window_days: float = Field(
+        30.0,
+        description="Days of failing interactions (by occurred_at) that a re-cluster considers;"
+        " older ones keep their cluster id as history.",
+    )
+    cluster_assign_similarity: float = Field(
+        0.45,
+        description="Cosine similarity to an active cluster's centroid at or above which a newly"
+        " embedded failing query joins that cluster at once (streaming); below it, the query waits"
+        " in the outlier pool for the next re-cluster.",
+    )
+    cluster_assign_interval_s: float = Field(
+        2.0,
+        description="Beat period of the assignment sweep, which places failing queries whose vector"
+        " was already cached (ingest enqueues only queries without one for embedding).",
+    )
+    cluster_assign_batch: int = Field(
+        5000, description="Most waiting failing interactions one assignment pass places."
+    )
+    cluster_assign_lock_wait_s: float = Field(
+        0.5,
+        description="How long streaming assignment waits for an app's cluster lock (held by a"
+        " re-cluster); on timeout the queries stay waiting for the sweep.",
+    )
+    cluster_keywords: int = Field(5, description="Keywords (c-TF-IDF) stored per cluster.")
+    cluster_representatives: int = Field(
+        5, description="Member queries closest to the centroid stored per cluster (distinct texts)."
+    )
+    cluster_title_endpoint: str | None = Field(
+        None,
+        description="Base URL of an OpenAI-compatible chat API (e.g. http://llm:8000/v1) that"
+        " writes a short title per cluster from its keywords and representative queries. Unset:"
+        " no titles (labels are the keywords); a failing endpoint never fails a re-cluster.",
+    )
+    cluster_title_model: str = Field(
+        "gpt-4o-mini", description="Model name sent to CLUSTER_TITLE_ENDPOINT."
+    )
+    cluster_title_api_key: SecretStr | None = Field(
+        None, description="Bearer token for CLUSTER_TITLE_ENDPOINT."
+    )
+    cluster_title_timeout_s: float = Field(10.0, description="Timeout of one title request.")
+
+    # --- trends ------------------------------------------------------------------------------
+    trend_bucket_s: float = Field(
+        86400.0,
+        gt=0,
+        description="Width of a trend bucket in seconds (86400: days, 3600: hours). Buckets are"
+        " aligned to the epoch (days start 00:00 UTC); the newest is the current one, still"
+        " filling.",
+    )
+    trend_buckets: int = Field(
+        14, ge=2, description="Buckets of failing-interaction counts kept per cluster."
+    )
+    trend_baseline_buckets: int = Field(
+        7,
+        ge=1,
+        description="Buckets before the newest whose mean count is the baseline of its growth.",
+    )
+    emerging_growth_rate: float = Field(
+        1.0,
+        description="Growth rate ((newest - baseline) / max(baseline, 1)) at or above which a"
+        " cluster is emerging (1.0: twice the baseline), in the newest bucket or the one before.",
+    )
+    emerging_min_count: int = Field(
+        5, description="Fewest failing interactions in the bucket that rose for it to be emerging."
+    )
+    emerging_new_s: float = Field(
+        2 * 86400.0,
+        description="A cluster whose first failing interaction occurred at most this long ago is"
+        " emerging (a new failure mode).",
+    )
+    region_sample_size: int = Field(
+        2000,
+        description="Non-failing interactions of an app (within CLUSTER_WINDOW_DAYS) sampled and"
+        " embedded per pass to estimate each cluster region's failure rate. 0 disables.",
     )
 
     # --- proposals ---------------------------------------------------------------------------

@@ -42,6 +42,11 @@ class EvidenceExample(BaseModel):
     failure_reasons: list[str] = Field(default_factory=list)
 
 
+class TrendBucket(BaseModel):
+    start: datetime = Field(description="Start of the bucket (UTC); it spans trend_bucket_s.")
+    count: int = Field(description="Failing interactions of the cluster that occurred in it.")
+
+
 class Evidence(BaseModel):
     cluster_id: str
     label: str = Field(description="Top keywords of the cluster, joined.")
@@ -54,6 +59,32 @@ class Evidence(BaseModel):
     related_cluster_ids: list[str] = Field(
         default_factory=list,
         description="Other clusters whose evidence calls for the same refinement, merged in.",
+    )
+    title: str | None = Field(
+        None, description="Short title of the cluster from a language model, if one is configured."
+    )
+    representative_queries: list[str] = Field(
+        default_factory=list, description="Member queries closest to the cluster's centroid."
+    )
+    trend: list[TrendBucket] = Field(
+        default_factory=list,
+        description="Failing interactions in the cluster per time bucket, oldest first; the newest"
+        " bucket is the current one, still filling.",
+    )
+    trend_bucket_s: float | None = Field(None, description="Width of a trend bucket in seconds.")
+    growth_rate: float | None = Field(
+        None,
+        description="(newest bucket - mean of the buckets before it) / max(that mean, 1):"
+        " 1.0 means doubled.",
+    )
+    emerging: bool = Field(
+        False, description="A new failure mode, or one rising sharply (see emerging_reason)."
+    )
+    emerging_reason: Literal["new", "rising"] | None = Field(None)
+    region_failure_rate: float | None = Field(
+        None,
+        description="Failing share of all interactions near the cluster's centroid, estimated from"
+        " a sample of non-failing ones; None until a sample was drawn.",
     )
 
 

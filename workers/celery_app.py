@@ -36,6 +36,11 @@ def configure(app: Celery, settings: Settings) -> Celery:
             "refinery.cluster_app": {"queue": "cluster"},
             "refinery.propose_for_app": {"queue": "propose"},
             "refinery.refine_all_apps": {"queue": "cluster"},
+            # Streaming assignment is milliseconds of FAISS search: not behind a long re-cluster
+            # on the cluster queue. The per-app cluster lock keeps it a single writer.
+            "refinery.assign_clusters": {"queue": "embed"},
+            # Embeds a sample of healthy traffic, so it needs the model: the embed queue.
+            "refinery.refresh_region_rates": {"queue": "embed"},
             # Failure signals (refinery.signals): rephrase detection embeds, so the embed queue.
             "refinery.detect_session_signals": {"queue": "embed"},
             "refinery.sweep_abandoned_sessions": {"queue": "embed"},
@@ -46,6 +51,12 @@ def configure(app: Celery, settings: Settings) -> Celery:
             "refine-all-apps": {
                 "task": "refinery.refine_all_apps",
                 "schedule": settings.refine_interval_s,
+            },
+            "assign-clusters": {
+                "task": "refinery.assign_clusters",
+                "schedule": settings.cluster_assign_interval_s,
+                # A sweep stuck behind a backlog is superseded by the next one: drop it.
+                "options": {"expires": max(5 * settings.cluster_assign_interval_s, 10.0)},
             },
             "sweep-abandoned-sessions": {
                 "task": "refinery.sweep_abandoned_sessions",

@@ -14,7 +14,10 @@ from celery import chain
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
+from refinery.cluster.assign import AssignResult, apps_with_due, assign_due
+from refinery.cluster.region import refresh_region_rates as region_service
 from refinery.cluster.service import recluster_app
+from refinery.cluster.titles import make_titler
 from refinery.embed import embedding_model_name
 from refinery.embed.embedder import get_embedder
 from refinery.embed.service import embed_interactions as embed_service
@@ -46,6 +49,48 @@ def app_lock(app_id: str) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def cluster_lock(app_id: str, *, wait_s: float | None = None) -> Iterator[bool]:
+    """Single writer of an app's clusters and interactions.cluster_id: the re-cluster and
+    streaming assignment. Yields whether it was acquired: with `wait_s` set, gives up after that
+    long (assignment then leaves its queries due, for the sweep). Eager mode needs none."""
+    settings = get_settings()
+    if settings.redis_url is None:
+        yield True
+        return
+    import redis
+
+    client = redis.Redis.from_url(settings.redis_url)
+    lock = client.lock(
+        f"refinery:cluster-lock:{app_id}",
+        timeout=600,
+        blocking_timeout=600 if wait_s is None else wait_s,
+    )
+    if not lock.acquire():
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        with contextlib.suppress(redis.exceptions.LockError):  # expired under a very long run
+            lock.release()
+
+
+def _assign(app_ids: list[str], *, wait_s: float) -> list[AssignResult]:
+    """Streaming assignment of every due, embedded failing query of these apps."""
+    settings = get_settings()
+    model = embedding_model_name(settings)
+    results = []
+    for app_id in app_ids:
+        with cluster_lock(app_id, wait_s=wait_s) as acquired:
+            if not acquired:
+                log.info("assignment for %s deferred: a re-cluster holds its lock", app_id)
+                continue
+            with session_scope(settings.database_url) as session:
+                results.append(assign_due(session, app_id, settings, model))
+    return results
+
+
 @app.task(
     name="refinery.embed_interactions",
     autoretry_for=RETRYABLE,
@@ -53,10 +98,39 @@ def app_lock(app_id: str) -> Iterator[None]:
     max_retries=get_settings().celery_task_max_retries,
 )
 def embed_interactions(interaction_ids: list[int]) -> dict:
+    """Embed, then at once place the app's due failing queries in its clusters (streaming)."""
     settings = get_settings()
     with session_scope(settings.database_url) as session:
         result = embed_service(session, interaction_ids, get_embedder(settings))
-    return {"embedded": result.embedded, "cached": result.cached, "app_ids": result.app_ids}
+    placed = _assign(result.app_ids, wait_s=settings.cluster_assign_lock_wait_s)
+    return {
+        "embedded": result.embedded,
+        "cached": result.cached,
+        "app_ids": result.app_ids,
+        "assigned": sum(r.assigned for r in placed),
+        "outliers": sum(r.outliers for r in placed),
+    }
+
+
+@app.task(
+    name="refinery.assign_clusters",
+    autoretry_for=RETRYABLE,
+    retry_backoff=True,
+    max_retries=get_settings().celery_task_max_retries,
+)
+def assign_clusters(app_ids: list[str] | None = None) -> dict:
+    """Beat: the assignment sweep. Places failing queries whose vector was already cached (ingest
+    does not enqueue those for embedding) and any an embed task had to leave due."""
+    settings = get_settings()
+    if app_ids is None:
+        with session_scope(settings.database_url) as session:
+            app_ids = apps_with_due(session)
+    placed = _assign(app_ids, wait_s=settings.cluster_assign_lock_wait_s)
+    return {
+        "apps": len(placed),
+        "assigned": sum(r.assigned for r in placed),
+        "outliers": sum(r.outliers for r in placed),
+    }
 
 
 @app.task(
@@ -67,15 +141,50 @@ def embed_interactions(interaction_ids: list[int]) -> dict:
 )
 def cluster_app(app_id: str) -> dict:
     settings = get_settings()
-    with app_lock(app_id), session_scope(settings.database_url) as session:
-        result = recluster_app(session, app_id, settings, embedding_model_name(settings))
+    titler = make_titler(settings)
+    try:
+        with (
+            app_lock(app_id),
+            cluster_lock(app_id),
+            session_scope(settings.database_url) as session,
+        ):
+            result = recluster_app(
+                session, app_id, settings, embedding_model_name(settings), titler=titler
+            )
+    finally:
+        if titler is not None:
+            titler.close()
     return {
         "app_id": app_id,
+        "run_id": result.run_id,
         "clusters": len(result.cluster_ids),
         "outliers": result.outliers,
         "kept": result.kept,
         "created": result.created,
         "retired": result.retired,
+        "merges": result.merges,
+        "splits": result.splits,
+    }
+
+
+@app.task(
+    name="refinery.refresh_region_rates",
+    autoretry_for=RETRYABLE,
+    retry_backoff=True,
+    max_retries=get_settings().celery_task_max_retries,
+)
+def refresh_region_rates(app_id: str) -> dict:
+    """Sample and embed non-failing interactions of the app; store each cluster's region
+    failure rate (refinery.cluster.region). Embeds, so it runs on the embed queue."""
+    settings = get_settings()
+    with session_scope(settings.database_url) as session:
+        result = region_service(session, app_id, settings, get_embedder(settings))
+    return {
+        "app_id": app_id,
+        "sampled": result.sampled,
+        "non_failing": result.non_failing,
+        "embedded": result.embedded,
+        "clusters": len(result.rates or {}),
     }
 
 
@@ -100,14 +209,19 @@ def propose_for_app(app_id: str) -> dict:
 
 @app.task(name="refinery.refine_all_apps")
 def refine_all_apps() -> list[str]:
-    """Beat entry point: re-cluster, then propose, for every app with failing interactions."""
+    """Beat entry point: re-cluster, refresh region failure rates, then propose, for every app
+    with failing interactions."""
     settings = get_settings()
     with session_scope(settings.database_url) as session:
         app_ids = sorted(
             session.scalars(select(Interaction.app_id).where(Interaction.failing.is_(True)).distinct())
         )
     for app_id in app_ids:
-        chain(cluster_app.si(app_id), propose_for_app.si(app_id)).apply_async()
+        steps = [cluster_app.si(app_id)]
+        if settings.region_sample_size > 0:
+            steps.append(refresh_region_rates.si(app_id))
+        steps.append(propose_for_app.si(app_id))
+        chain(*steps).apply_async()
     return app_ids
 
 

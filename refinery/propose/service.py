@@ -31,6 +31,7 @@ from schemas.proposals import (
     ProposalStatus,
     RagSourceProposal,
     SystemPromptEditProposal,
+    TrendBucket,
 )
 
 AnyProposal = SystemPromptEditProposal | RagSourceProposal | FineTuneDatasetProposal
@@ -244,6 +245,15 @@ def _draft_input(session: Session, cluster: Cluster, settings: Settings, model: 
             )
             for m, i in zip(members[: settings.proposal_max_examples], interactions, strict=False)
         ],
+        # Labels and trend as the last re-cluster stored them (refinery.cluster).
+        title=cluster.title,
+        representative_queries=list(cluster.representative_queries or []),
+        trend=[TrendBucket.model_validate(b) for b in cluster.trend or []],
+        trend_bucket_s=settings.trend_bucket_s if cluster.trend else None,
+        growth_rate=cluster.growth_rate,
+        emerging=bool(cluster.emerging),
+        emerging_reason=cluster.emerging_reason,
+        region_failure_rate=cluster.region_failure_rate,
     )
     return DraftInput(
         app_id=cluster.app_id,

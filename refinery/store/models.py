@@ -42,6 +42,16 @@ class Interaction(Base):
     __table_args__ = (
         UniqueConstraint("app_id", "interaction_id", name="uq_interactions_app_interaction"),
         Index("ix_interactions_app_failing", "app_id", "failing"),
+        # Failing interactions waiting for streaming assignment: a small partial index, so the
+        # assignment pass never scans an app's outlier pool or its healthy traffic.
+        Index(
+            "ix_interactions_cluster_due",
+            "app_id",
+            sqlite_where=text("failing = 1 AND cluster_id IS NULL AND cluster_checked_at IS NULL"),
+            postgresql_where=text(
+                "failing = true AND cluster_id IS NULL AND cluster_checked_at IS NULL"
+            ),
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -68,6 +78,9 @@ class Interaction(Base):
     # Weighted sum of its signals (refinery.ingest.failure); failing = score >= FAILURE_THRESHOLD.
     failure_score: Mapped[float] = mapped_column(Float, default=0.0, server_default=text("0"))
     cluster_id: Mapped[str | None] = mapped_column(String(40), index=True)
+    # When the cluster stage last placed this failing interaction (in a cluster or the outlier
+    # pool). NULL on a failing one: its assignment is due (refinery.cluster.assign).
+    cluster_checked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     ingested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -143,10 +156,30 @@ class Cluster(Base):
     label: Mapped[str] = mapped_column(String(400))
     keywords: Mapped[list[Any]] = mapped_column(JSON, default=list)
     size: Mapped[int] = mapped_column(Integer)
-    centroid: Mapped[bytes] = mapped_column(LargeBinary)
+    centroid: Mapped[bytes] = mapped_column(LargeBinary)  # float32, L2-normalized
+    # float32 sum of the member vectors: streaming assignment adds to it and re-normalizes the
+    # centroid, so size and centroid always describe the current members.
+    vector_sum: Mapped[bytes | None] = mapped_column(LargeBinary)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Labels: member queries closest to the centroid (distinct), and an optional short title
+    # written by an OpenAI-compatible chat endpoint (CLUSTER_TITLE_ENDPOINT).
+    representative_queries: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    title: Mapped[str | None] = mapped_column(String(200))
+    # Trend, as of the last re-cluster (refinery.cluster.trends): failing interactions per
+    # bucket, oldest first [{"start": iso, "count": n}], growth of the newest bucket over the
+    # baseline, and the emerging flag with its reason ("new" | "rising").
+    first_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    trend: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    growth_rate: Mapped[float | None] = mapped_column(Float)
+    emerging: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    emerging_reason: Mapped[str | None] = mapped_column(String(16))
+    # Failing / all interactions near the centroid, from a sample of non-failing traffic
+    # (refinery.cluster.region); NULL until a sample was drawn.
+    region_failure_rate: Mapped[float | None] = mapped_column(Float)
+    region_sampled: Mapped[int | None] = mapped_column(Integer)
+    last_run_id: Mapped[str | None] = mapped_column(String(40))
 
 
 class Prompt(Base):
@@ -245,3 +278,38 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     created_by: Mapped[str | None] = mapped_column(String(128))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ClusterRun(Base):
+    """One re-cluster of one app: what it saw and what it changed."""
+
+    __tablename__ = "cluster_runs"
+    __table_args__ = (Index("ix_cluster_runs_app_started", "app_id", "started_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    app_id: Mapped[str] = mapped_column(String(64))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    window_start: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # {"clustered", "outliers", "clusters", "kept", "created", "retired", "merges", "splits"}
+    counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class ClusterEvent(Base):
+    """Lineage of cluster ids: which clusters a re-cluster merged, split, created or retired.
+
+    from_ids -> to_ids: merge [a, b] -> [a]; split [a] -> [a, c]; new [] -> [c];
+    retired [a] -> [] (its members went to the outlier pool or out of the window)."""
+
+    __tablename__ = "cluster_events"
+    __table_args__ = (Index("ix_cluster_events_app_at", "app_id", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(String(40), index=True)
+    app_id: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))  # merge | split | new | retired
+    from_ids: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    to_ids: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    # Members that flowed along each edge: {"old->new": n}.
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
