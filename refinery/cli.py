@@ -235,13 +235,12 @@ def cmd_review(settings: Settings, args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from refinery.review import render
-    from refinery.review.actions import InvalidEdit, edit_proposal, mark_applied
+    from refinery.review.actions import InvalidEdit, approve, edit_proposal, mark_applied
     from refinery.review.service import (
         DecisionConflict,
         ProposalFilter,
         ProposalNotFound,
         TransitionRefused,
-        approve,
         get_proposal,
         list_proposals,
         proposal_history,

@@ -20,7 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from refinery.api.middleware import BodySizeLimit, SecurityHeaders
@@ -74,6 +74,7 @@ def create_app(settings: Settings, *, sessions: sessionmaker[Session] | None = N
     app.add_exception_handler(InvalidEdit, proposals.invalid_edit_handler)  # type: ignore[arg-type]
     app.add_exception_handler(ui.LoginRequired, ui.login_required_handler)  # type: ignore[arg-type]
     app.add_exception_handler(DataError, _data_error)  # type: ignore[arg-type]
+    app.add_exception_handler(IntegrityError, _integrity_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
 
     @app.get("/", include_in_schema=False)
@@ -117,6 +118,13 @@ def _data_error(_request: Request, exc: DataError) -> JSONResponse:
     return JSONResponse(
         {"detail": "a value is out of range or malformed for the database"}, status_code=422
     )
+
+
+def _integrity_error(_request: Request, exc: IntegrityError) -> JSONResponse:
+    # Concurrent writers that both passed their checks; the loser's transaction wrote nothing.
+    log.warning("write refused by a constraint: %s", exc.orig)
+    body = {"detail": "a concurrent change conflicted with this one; retry"}
+    return JSONResponse(body, status_code=409)
 
 
 def _validation_error(request: Request, exc: RequestValidationError) -> Response:

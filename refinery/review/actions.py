@@ -16,8 +16,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from refinery.review import service
 from refinery.review.service import PROPOSAL_ADAPTER, DecisionConflict, ProposalNotFound
 from refinery.review.transitions import TransitionRefused, check_transition, record_audit
 from refinery.store.models import ProposalRow, utcnow
@@ -270,6 +272,36 @@ def mark_applied(
             return row
     _audit_refusal(sessions, proposal_id, actor, "applied", refusal[0], target, refusal[1])
     raise refusal[1]
+
+
+def approve(
+    sessions: sessionmaker[Session],
+    proposal_id: str,
+    *,
+    actor: str,
+    topic: str,
+    comment: str | None = None,
+    expected_version: int | None = None,
+    attempts: int = 3,
+) -> ProposalRow:
+    """`service.approve`, retried when its transaction hit a unique constraint: two system prompt
+    edits of the same prompt approved at the same moment both take the registry's next version
+    (PostgreSQL, read committed), and one transaction fails whole. Nothing of it was written, so
+    running it again is safe; it then sees the other's version and builds on it."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return service.approve(
+                sessions,
+                proposal_id,
+                actor=actor,
+                topic=topic,
+                comment=comment,
+                expected_version=expected_version,
+            )
+        except IntegrityError:
+            if attempt == attempts:
+                raise
+    raise AssertionError("unreachable")
 
 
 def audit_forbidden(

@@ -1,7 +1,8 @@
 """One winner: two reviewers acting on one proposal at the same moment. 50 proposals, each hit by
 an approve and a reject released together (a barrier per pair), over HTTP against a real uvicorn
 server, on PostgreSQL and SQLite. Exactly one of each pair wins, the other gets 409, and the audit
-log holds both attempts."""
+log holds both attempts. A third are system prompt edits of one shared prompt, so approvals also
+race for the prompt registry's next version (retried, never a 500)."""
 
 from __future__ import annotations
 

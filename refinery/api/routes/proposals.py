@@ -216,7 +216,7 @@ def approve_proposal(
     """pending -> approved. In the same transaction: the outbox row that `refinery relay`
     publishes downstream, and for a system prompt edit, the prompt registry's new version."""
     try:
-        row = service.approve(
+        row = actions.approve(
             sessions,
             proposal_id,
             actor=principal.name,

@@ -390,7 +390,7 @@ def _act(
     except ValueError as exc:
         raise actions.InvalidEdit("version", "missing; reload the page") from exc
     if action == "approve":
-        row = service.approve(
+        row = actions.approve(
             sessions,
             proposal_id,
             actor=actor,
