@@ -11,8 +11,12 @@ requests back to back, per endpoint:
   list         GET /v1/proposals?limit=50                (newest page)
   list+filter  GET /v1/proposals?status=pending&kind=...&offset=...
   detail       GET /v1/proposals/{random id}
-Prints p50 / p95 / p99 / max latency and throughput; asserts nothing. The target is p99 < 50 ms.
-The client runs on the same machine as the server and shares its CPUs.
+and, as the ceiling of the harness itself, GET /livez (no database, no token).
+Each endpoint runs twice: the clients back to back (saturation: latency is then mostly queueing,
+50 / throughput), and paced, each client sending one request every --pace-s seconds at a random
+phase (50 reviewers clicking fast). Prints p50 / p95 / p99 / max latency and throughput; asserts
+nothing. The target is p99 < 50 ms. The client runs on the same machine as the server and shares
+its CPUs; the /livez row shows what the harness and HTTP stack alone can do there.
 """
 
 from __future__ import annotations
@@ -150,8 +154,10 @@ def start_server(url: str, port: int, workers: int) -> subprocess.Popen[bytes]:
 
 
 async def load(
-    base: str, token: str, paths: list[str], clients: int, per_client: int
+    base: str, token: str, paths: list[str], clients: int, per_client: int, interval_s: float = 0.0
 ) -> tuple[list[float], float, int]:
+    """`clients` concurrent clients, `per_client` requests each: back to back (interval_s=0), or
+    one every interval_s seconds per client, at a random phase (an open, paced load)."""
     latencies: list[float] = []
     errors = 0
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
@@ -162,7 +168,11 @@ async def load(
         async def one_client(seed: int) -> None:
             nonlocal errors
             rng = random.Random(seed)
+            next_at = time.perf_counter() + rng.uniform(0, interval_s)
             for _ in range(per_client):
+                if interval_s:
+                    await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+                    next_at += interval_s
                 path = rng.choice(paths)
                 start = time.perf_counter()
                 r = await client.get(path)
@@ -192,6 +202,8 @@ def bench_db(name: str, url: str, args: argparse.Namespace) -> None:
     base = f"http://127.0.0.1:{port}"
     rng = random.Random(1)
     endpoints = {
+        # No database, no auth: the ceiling of this client + uvicorn on this machine.
+        "livez": ["/livez"],
         "list": ["/v1/proposals?limit=50"],
         "list+filter": [
             f"/v1/proposals?status=pending&kind={rng.choice(KINDS)}&limit=50"
@@ -205,20 +217,26 @@ def bench_db(name: str, url: str, args: argparse.Namespace) -> None:
         asyncio.run(
             load(base, token, endpoints["list"] + endpoints["detail"][:50], 10, 20)
         )  # warm-up
-        print(
-            f"[{name}] {'endpoint':<12} {'requests':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
-            f"{'max ms':>8} {'req/s':>7} {'errors':>6}"
+        header = (
+            f"[{name}] {'load':<17} {'endpoint':<12} {'requests':>8} {'p50 ms':>8} {'p95 ms':>8} "
+            f"{'p99 ms':>8} {'max ms':>8} {'req/s':>7} {'errors':>6}"
         )
-        for label, paths in endpoints.items():
-            lat, elapsed, errors = asyncio.run(
-                load(base, token, paths, args.clients, args.requests)
-            )
-            print(
-                f"[{name}] {label:<12} {len(lat):>8} {pct(lat, 0.5):>8.1f} {pct(lat, 0.95):>8.1f} "
-                f"{pct(lat, 0.99):>8.1f} {max(lat) * 1000:>8.1f} {len(lat) / elapsed:>7.0f} "
-                f"{errors:>6}",
-                flush=True,
-            )
+        print(header)
+        loads = [
+            (f"{args.clients} back-to-back", 0.0),
+            (f"{args.clients} x {1 / args.pace_s:g}/s paced", args.pace_s),
+        ]
+        for load_label, interval in loads:
+            for label, paths in endpoints.items():
+                lat, elapsed, errors = asyncio.run(
+                    load(base, token, paths, args.clients, args.requests, interval)
+                )
+                print(
+                    f"[{name}] {load_label:<17} {label:<12} {len(lat):>8} {pct(lat, 0.5):>8.1f} "
+                    f"{pct(lat, 0.95):>8.1f} {pct(lat, 0.99):>8.1f} {max(lat) * 1000:>8.1f} "
+                    f"{len(lat) / elapsed:>7.0f} {errors:>6}",
+                    flush=True,
+                )
         single, _, _ = asyncio.run(load(base, token, endpoints["detail"], 1, 200))
         single_list, _, _ = asyncio.run(load(base, token, endpoints["list"], 1, 200))
         print(
@@ -239,6 +257,9 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--requests", type=int, default=40, help="requests per client per endpoint")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    parser.add_argument(
+        "--pace-s", type=float, default=0.5, help="paced run: seconds between a client's requests"
+    )
     parser.add_argument("--db", default="sqlite,postgres")
     args = parser.parse_args()
     print(

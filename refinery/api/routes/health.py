@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 @router.get("/livez")
-def livez() -> dict[str, str]:
+async def livez() -> dict[str, str]:
     """200 while the process serves HTTP at all."""
     return {"status": "ok"}
 
