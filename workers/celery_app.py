@@ -41,10 +41,12 @@ def configure(app: Celery, settings: Settings) -> Celery:
             "refinery.assign_clusters": {"queue": "embed"},
             # Embeds a sample of healthy traffic, so it needs the model: the embed queue.
             "refinery.refresh_region_rates": {"queue": "embed"},
-            # Failure signals (refinery.signals): rephrase detection embeds, so the embed queue.
+            # Failure signals (refinery.signals): rephrase detection embeds, so the embed queue
+            # (whose messages all carry ids); the periodic sweeps carry none and never embed:
+            # the propose queue, served by the same stateless workers.
             "refinery.detect_session_signals": {"queue": "embed"},
-            "refinery.sweep_abandoned_sessions": {"queue": "embed"},
-            "refinery.sweep_orphan_feedback": {"queue": "embed"},
+            "refinery.sweep_abandoned_sessions": {"queue": "propose"},
+            "refinery.sweep_orphan_feedback": {"queue": "propose"},
         },
         task_default_queue="embed",
         beat_schedule={

@@ -268,8 +268,13 @@ def sweep_abandoned_sessions() -> dict:
     settings = get_settings()
     if not settings.rephrase_detection_enabled:
         return {"sessions": 0, "abandoned": 0}
+    from refinery.signals.enqueue import session_ref
+
+    pending: list = []
     with session_scope(settings.database_url) as session:
-        result = sweep_abandoned(session, settings, lambda: get_embedder(settings))
+        result = sweep_abandoned(session, settings, on_pending=pending.extend)
+    if pending:  # analysis lost or late: run it; the next sweep closes these sessions
+        detect_session_signals.apply_async(args=([session_ref(k) for k in pending],))
     _embed_later(result.to_embed)
     return {"sessions": result.sessions, "abandoned": result.abandoned}
 

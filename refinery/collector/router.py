@@ -120,6 +120,9 @@ def preflight(request: Request) -> Response:
     "/v1/events",
     status_code=202,
     summary="Send interaction and feedback events (one object, or a list)",
+    description="The body is one event or a JSON list of events, each as described by the JSON"
+    " Schemas in schemas/json/ (interaction or feedback; `event_type` or the presence of `kind`"
+    f" tells them apart). Authenticate with the app's ingest key in `{KEY_HEADER}`.",
     responses={
         202: {"description": "All events accepted and acknowledged by Kafka."},
         401: {"description": f"{KEY_HEADER} missing or unknown."},

@@ -45,10 +45,15 @@ def run_sweeps(
     """One abandon sweep and one orphan sweep; returns (abandoned, orphans dead-lettered)."""
     from refinery.embed.embedder import get_embedder
     from refinery.signals.orphans import sweep_orphans
-    from refinery.signals.sessions import sweep_abandoned
+    from refinery.signals.sessions import analyze_sessions, sweep_abandoned
 
+    pending: list = []
     with sessions.begin() as session:
-        result = sweep_abandoned(session, settings, lambda: get_embedder(settings))
+        result = sweep_abandoned(session, settings, on_pending=pending.extend)
+    if pending:  # closed at the next sweep, once analysed
+        with sessions.begin() as session:
+            analysed = analyze_sessions(session, pending, settings, get_embedder(settings))
+        result.to_embed += analysed.to_embed
     for start in range(0, len(result.to_embed), settings.enqueue_batch_size):
         enqueue(result.to_embed[start : start + settings.enqueue_batch_size])
     dead_letters = DeadLetterQueue(

@@ -241,13 +241,16 @@ def analyze_sessions(
 def sweep_abandoned(
     session: Session,
     settings: Settings,
-    embedder: Callable[[], Embedder],
     *,
     now: datetime | None = None,
+    on_pending: Callable[[list[SessionKey]], None] | None = None,
 ) -> SignalResult:
     """Close the sessions quiet for ABANDON_QUIET_S (no turn by event time nor by arrival) and
-    mark each one's last interaction abandoned unless it has a positive signal. Sessions whose
-    rephrase analysis is still due are analysed first (`embedder` is called only then)."""
+    mark each one's last interaction abandoned unless it has a positive signal.
+
+    A quiet session whose rephrase analysis is still due (its task was lost, or is late) is left
+    open this round and handed to `on_pending` to be analysed: whether its end follows a
+    rephrase is not known yet. The sweep itself never embeds."""
     now = now or datetime.now(UTC)
     cutoff = now - timedelta(seconds=settings.abandon_quiet_s)
     states = session.scalars(
@@ -263,15 +266,15 @@ def sweep_abandoned(
     result = SignalResult()
     if not states:
         return result
-    keys = sorted((s.app_id, s.session_id) for s in states)
-    due = [
-        (s.app_id, s.session_id)
-        for s in states
-        if s.analyzed_at is None or as_utc(s.analyzed_at) < as_utc(s.last_seen_at)
+    pending = [
+        s for s in states if s.analyzed_at is None or as_utc(s.analyzed_at) < as_utc(s.last_seen_at)
     ]
-    if due:
-        analysed = analyze_sessions(session, due, settings, embedder(), now=now)
-        result.changed |= analysed.changed
+    if pending and on_pending is not None:
+        on_pending(sorted((s.app_id, s.session_id) for s in pending))
+    states = [s for s in states if s not in pending]
+    keys = sorted((s.app_id, s.session_id) for s in states)
+    if not keys:
+        return result
     turns_by_session = _load_turns(session, keys, settings.session_max_turns)
     lasts = {k: turns[-1] for k, turns in turns_by_session.items() if turns}
     # The after-rephrase flag: is the last turn's predecessor marked rephrased by it?

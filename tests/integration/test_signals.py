@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from refinery.embed import embedding_model_name
 from refinery.embed.embedder import get_embedder
 from refinery.ingest.storage import query_hash
-from refinery.signals.sessions import sweep_abandoned
+from refinery.signals.sessions import analyze_sessions, sweep_abandoned
 from refinery.store.db import migrate, session_factory
 from refinery.store.models import Embedding, Feedback, Interaction, SessionState
 from tests.integration.helpers import start_role, wait_for
@@ -36,7 +36,7 @@ def sweep(settings, *, after_s: float = 1.0):  # type: ignore[no-untyped-def]
     """The abandon sweep, as beat would run it once ABANDON_QUIET_S has passed."""
     now = datetime.now(UTC) + timedelta(seconds=settings.abandon_quiet_s + after_s)
     with session_factory(settings.database_url).begin() as session:
-        return sweep_abandoned(session, settings, lambda: get_embedder(settings), now=now)
+        return sweep_abandoned(session, settings, now=now)
 
 
 ALICE = [  # asks the same thing three times, 40 s and 35 s apart, then leaves
@@ -333,7 +333,14 @@ def test_rephrase_and_abandon_on_a_celery_worker_over_redis(
     )
     log = tmp_path / "worker.log"
     worker = start_role(
-        settings, "worker", "--queues", "embed", "--pool", "solo", log_path=log, ABANDON_QUIET_S="2"
+        settings,
+        "worker",
+        "--queues",
+        "embed,propose",
+        "--pool",
+        "solo",
+        log_path=log,
+        ABANDON_QUIET_S="2",
     )
     try:
         producer = make_producer(settings)
@@ -367,3 +374,28 @@ def test_rephrase_and_abandon_on_a_celery_worker_over_redis(
             worker.wait(timeout=30)
         except subprocess.TimeoutExpired:
             worker.kill()
+
+
+def test_a_session_whose_analysis_is_pending_is_analysed_before_it_is_closed(
+    kafka_bootstrap, topics, sqlite_url, make_settings
+):
+    settings = make_settings(
+        kafka_bootstrap_servers=kafka_bootstrap, database_url=sqlite_url, **topics
+    )
+    migrate(sqlite_url)
+    produce(
+        kafka_bootstrap,
+        settings.topic_interactions,
+        [interaction(i, q, session="alice", turn=n, t=t) for n, (i, q, t) in enumerate(ALICE)],
+    )
+    ingest(settings, analyze=False)  # the analysis task was lost
+    pending: list = []
+    now = datetime.now(UTC) + timedelta(seconds=settings.abandon_quiet_s + 1)
+    with session_factory(sqlite_url).begin() as session:
+        result = sweep_abandoned(session, settings, now=now, on_pending=pending.extend)
+    assert pending == [("shop", "alice")] and result.sessions == result.abandoned == 0
+    with session_factory(sqlite_url).begin() as session:  # the re-enqueued task runs
+        analyze_sessions(session, pending, settings, get_embedder(settings))
+    with session_factory(sqlite_url).begin() as session:
+        assert sweep_abandoned(session, settings, now=now, on_pending=pending.extend).abandoned == 1
+    assert verdicts(sqlite_url)["a3"] == (True, 1.0, ["abandoned after rephrasing"])

@@ -177,9 +177,7 @@ def test_no_canary_reaches_postgres_redis_logs_or_the_dead_letter_topic(
         analyze_sessions(session, queued_sessions, settings, get_embedder(settings))
     later = datetime.now(UTC) + timedelta(days=2)
     with sessions.begin() as session:
-        assert sweep_abandoned(
-            session, settings, lambda: get_embedder(settings), now=later
-        ).sessions
+        assert sweep_abandoned(session, settings, now=later).sessions
     try:
         with sessions.begin() as session:
             dlq = DeadLetterQueue(producer, settings.topic_dead_letter)
