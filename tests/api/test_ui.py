@@ -168,6 +168,13 @@ def _csrf(html: str) -> str:
 def test_ui_session_csrf_and_roles(api_env, client):
     pid = insert_proposal(api_env.sessions, "rag_source")
     assert client.get("/ui/", follow_redirects=False).headers["location"] == "/ui/login"
+    forged_login = client.post(
+        "/ui/login",
+        data={"token": api_env.tokens["viewer"]},
+        headers={"Origin": "https://evil.example"},
+        follow_redirects=False,
+    )
+    assert forged_login.status_code == 403 and "set-cookie" not in forged_login.headers
     bad = client.post("/ui/login", data={"token": "rfy_wrong"})
     assert bad.status_code == 401 and "Unknown or revoked token." in bad.text
 

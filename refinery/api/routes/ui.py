@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -112,6 +112,16 @@ def render(name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
     return HTMLResponse(_templates.get_template(name).render(**context), status_code=status_code)
 
 
+def _cross_site(request: Request) -> bool:
+    """A form posted from another site (its Origin names another host). The SameSite=Strict
+    cookie and the CSRF value already stop forged actions; this also stops a forged log-in, which
+    would leave the browser logged in as someone else."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        return False
+    return origin == "null" or urlsplit(origin).netloc != request.headers.get("host", "")
+
+
 async def _form(request: Request) -> dict[str, str]:
     """An application/x-www-form-urlencoded body (the body size limit already bounds it)."""
     raw = await request.body()
@@ -157,6 +167,10 @@ def login_page() -> HTMLResponse:
 
 @router.post("/login")
 async def login(request: Request, sessions: SessionsDep) -> Response:
+    if _cross_site(request):
+        return render(
+            "error.html", 403, title="Forbidden", message="Cross-site log-in refused.", user=None
+        )
     token = (await _form(request)).get("token", "").strip()
 
     def check() -> Principal | None:
@@ -180,7 +194,8 @@ async def login(request: Request, sessions: SessionsDep) -> Response:
 
 @router.post("/logout")
 async def logout(request: Request, user: UiUserDep) -> Response:
-    if not hmac.compare_digest((await _form(request)).get("csrf", ""), user.csrf):
+    csrf = (await _form(request)).get("csrf", "")
+    if _cross_site(request) or not hmac.compare_digest(csrf, user.csrf):
         return render(
             "error.html", 403, title="Forbidden", message="Stale form; reload the page.", user=user
         )
@@ -436,7 +451,7 @@ async def proposal_action(
     settings: SettingsDep,
 ) -> Response:
     form = await _form(request)
-    if not hmac.compare_digest(form.get("csrf", ""), user.csrf):
+    if _cross_site(request) or not hmac.compare_digest(form.get("csrf", ""), user.csrf):
         return render(
             "error.html", 403, title="Forbidden", message="Stale form; reload the page.", user=user
         )
