@@ -23,7 +23,7 @@ from refinery.embed import embedding_model_name
 from refinery.embed.embedder import get_embedder
 from refinery.ingest.storage import query_hash
 from refinery.runtime import start_runtime
-from refinery.store.models import Cluster, Embedding, Interaction
+from refinery.store.models import Cluster, Embedding, Interaction, ProposalRow
 from tests.integration.helpers import produce, start_role, wait_for
 
 pytestmark = pytest.mark.integration
@@ -148,6 +148,55 @@ def test_streaming_assignment_stable_ids_and_cache(db_url, make_settings, activa
     kept = sum(c in intent_of for c in newest)
     assert kept >= 0.9 * len(newest), f"{kept}/{len(newest)} in clusters that kept their id"
     assert rerun["kept"] >= len(INTENTS)
+    runtime.close()
+
+
+def test_beat_pass_clusters_rates_and_proposes_per_app(sqlite_url, make_settings, activate) -> None:
+    """refine_all_apps (the beat entry point, eager here): for each app, re-cluster, sample and
+    embed its healthy traffic for region failure rates, propose; apps never share a cluster."""
+    from workers.tasks import embed_interactions, refine_all_apps
+
+    settings = activate(make_settings(database_url=sqlite_url, region_sample_size=500))
+    runtime = start_runtime(settings, need_kafka=False)
+    now = datetime.now(UTC) - timedelta(hours=1)
+    train, test = _queries("train", 30), _queries("test", 30)
+    apps = {"shop": ["book_flight", "recipe"], "bank": ["card_declined", "book_flight"]}
+    for app_id, intents in apps.items():
+        queries = [q for i in intents for q in train[i]]
+        failing = _store_failing(runtime.sessions, app_id, queries, now)
+        embed_interactions.apply(args=(failing,)).get()
+        with runtime.sessions() as session:  # healthy traffic on the same topics, never embedded
+            healthy = [q for i in intents for q in test[i]]
+            ids = _store_failing(runtime.sessions, app_id, healthy, now)
+            session.execute(
+                Interaction.__table__.update()
+                .where(Interaction.id.in_(ids))
+                .values(failing=False, failure_reasons=[], failure_score=0.0)
+            )
+            session.commit()
+    assert sorted(refine_all_apps.apply().get()) == ["bank", "shop"]
+    with runtime.sessions() as session:
+        clusters = session.scalars(select(Cluster).where(Cluster.active.is_(True))).all()
+        by_app = {a: [c for c in clusters if c.app_id == a] for a in apps}
+        assert all(len(v) >= 2 for v in by_app.values())
+        for cluster in clusters:
+            apps_of_members = set(
+                session.scalars(
+                    select(Interaction.app_id).where(Interaction.cluster_id == cluster.id)
+                )
+            )
+            assert apps_of_members == {cluster.app_id}
+            # Failing and healthy queries of the same topic: the failing share is well below 1.
+            assert cluster.region_failure_rate is not None
+            assert 0.2 <= cluster.region_failure_rate <= 0.8, cluster.region_failure_rate
+            assert cluster.representative_queries and cluster.trend
+        proposals = session.scalars(select(ProposalRow)).all()
+        assert {p.app_id for p in proposals} == {"shop", "bank"}
+        for proposal in proposals:
+            evidence = proposal.payload["evidence"]
+            assert evidence["region_failure_rate"] is not None
+            assert evidence["emerging"] is True and evidence["emerging_reason"] == "new"
+            assert sum(b["count"] for b in evidence["trend"]) == evidence["size"]
     runtime.close()
 
 
