@@ -36,9 +36,11 @@ def configure(app: Celery, settings: Settings) -> Celery:
             "refinery.cluster_app": {"queue": "cluster"},
             "refinery.propose_for_app": {"queue": "propose"},
             "refinery.refine_all_apps": {"queue": "cluster"},
-            # Streaming assignment is milliseconds of FAISS search: not behind a long re-cluster
-            # on the cluster queue. The per-app cluster lock keeps it a single writer.
-            "refinery.assign_clusters": {"queue": "embed"},
+            # The assignment sweep is milliseconds of FAISS search and carries no ids: not behind
+            # a long re-cluster (cluster queue) nor an embedding backlog (embed queue), but on the
+            # propose queue of the same stateless workers. The per-app cluster lock keeps it a
+            # single writer with the re-cluster.
+            "refinery.assign_clusters": {"queue": "propose"},
             # Embeds a sample of healthy traffic, so it needs the model: the embed queue.
             "refinery.refresh_region_rates": {"queue": "embed"},
             # Failure signals (refinery.signals): rephrase detection embeds, so the embed queue
