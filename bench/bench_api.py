@@ -137,6 +137,10 @@ def start_server(url: str, port: int, workers: int) -> subprocess.Popen[bytes]:
             "--log-level",
             "warning",
             "--no-access-log",
+            # Longer than any gap a CPU-starved client leaves on a connection: with the default
+            # 5 s the server may close a pooled connection just as the client reuses it.
+            "--timeout-keep-alive",
+            "60",
         ],
         env=env,
         cwd=tempfile.gettempdir(),
@@ -175,7 +179,11 @@ async def load(
                     next_at += interval_s
                 path = rng.choice(paths)
                 start = time.perf_counter()
-                r = await client.get(path)
+                try:
+                    r = await client.get(path)
+                except httpx.TransportError:
+                    errors += 1  # counted, and the run goes on
+                    continue
                 latencies.append(time.perf_counter() - start)
                 if r.status_code != 200:
                     errors += 1
