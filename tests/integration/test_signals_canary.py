@@ -27,7 +27,13 @@ from refinery.signals.orphans import sweep_orphans
 from refinery.signals.sessions import analyze_sessions, sweep_abandoned
 from refinery.store.db import migrate, session_factory
 from refinery.store.models import Base
-from tests.integration.test_signals_support import at, dead_letters, produce
+from tests.integration.test_signals_support import (  # noqa: F401 - fresh_celery is a fixture
+    at,
+    dead_letters,
+    fresh_celery,
+    private_redis,
+    produce,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -130,11 +136,13 @@ def _found(canaries: set[str], haystack: str) -> list[str]:
     return sorted(c for c in canaries if c in haystack)
 
 
+@pytest.mark.usefixtures("fresh_celery")  # its own Redis database: see the fixture
 def test_no_canary_reaches_postgres_redis_logs_or_the_dead_letter_topic(
     kafka_bootstrap, topics, postgres_url, redis_url, make_settings, activate, caplog
 ):
     settings = activate(make_settings(
-        kafka_bootstrap_servers=kafka_bootstrap, database_url=postgres_url, redis_url=redis_url,
+        kafka_bootstrap_servers=kafka_bootstrap, database_url=postgres_url,
+        redis_url=private_redis(redis_url, 12),
         **topics,
     ))  # fmt: skip
     migrate(postgres_url)
@@ -190,7 +198,7 @@ def test_no_canary_reaches_postgres_redis_logs_or_the_dead_letter_topic(
     database = _database_text(postgres_url)
     assert "<EMAIL>" in database and "<CARD>" in database and "pii-" in database
     assert database.count("Better: ") == len(feedback) - 1  # feedback kept, the orphan gone
-    redis_text, messages = _redis_text(redis_url)
+    redis_text, messages = _redis_text(settings.redis_url)
     assert messages >= 2, "the Celery messages were not found in Redis"
     letters = dead_letters(settings, expect=len(invalid) + 1)
     assert len(letters) == len(invalid) + 1

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from kafka import KafkaProducer
 
 from refinery.embed import embedding_model_name
@@ -150,3 +152,44 @@ def dead_letters(settings: Settings, *, expect: int, timeout_s: float = 30) -> l
         if len(letters) >= expect or time.monotonic() > deadline:
             return letters
         time.sleep(0.5)
+
+
+def private_redis(redis_url: str, db: int) -> str:
+    """The test Redis server, another database (flushed): a Celery worker or a scan of every key
+    must not meet another test session's queues (db 15 is shared by every `redis_url` test)."""
+    import redis
+
+    url = redis_url.rsplit("/", 1)[0] + f"/{db}"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    client.close()
+    return url
+
+
+@contextmanager
+def fresh_celery_connections() -> Iterator[None]:
+    """The in-process Celery app keeps the broker connections and result backend it made first;
+    drop them on entry (so it uses the broker just configured) and on exit (so the next test
+    does)."""
+    from workers.celery_app import app
+
+    def drop() -> None:
+        if app._pool is not None:
+            app._pool.force_close_all()
+        app._pool = None
+        app.amqp._producer_pool = None
+        app._backend_cache = None
+        app._local.__dict__.pop("backend", None)
+
+    drop()
+    try:
+        yield
+    finally:
+        drop()
+
+
+@pytest.fixture
+def fresh_celery() -> Iterator[None]:
+    """`fresh_celery_connections` around a test."""
+    with fresh_celery_connections():
+        yield
