@@ -9,6 +9,8 @@ from collections import Counter
 
 import numpy as np
 
+# Cosine at or above which two queries say the same thing (MiniLM: a greeting or a typo apart).
+NEAR_DUPLICATE = 0.95
 _TOKEN = re.compile(r"[^\W\d_][\w'-]{1,}", re.UNICODE)
 # A short English stop list: labels should name topics, not grammar.
 _STOPWORDS = frozenset(
@@ -48,22 +50,25 @@ def cluster_keywords(docs_by_cluster: dict[str, list[str]], top_n: int = 5) -> d
 def representative_queries(
     queries: list[str], vectors: np.ndarray, centroid: np.ndarray, top_n: int = 5
 ) -> list[str]:
-    """The `top_n` member queries most similar to `centroid`, most similar first; one per text
-    (compared case- and whitespace-insensitively), so a query asked by many users counts once.
+    """The `top_n` member queries most similar to `centroid`, most similar first, none a copy of
+    one already chosen: neither the same text (compared case- and whitespace-insensitively) nor a
+    near-duplicate (cosine >= NEAR_DUPLICATE, e.g. the same question after a greeting), so the
+    reviewer reads different ways the failure shows, not one question five times.
 
     `vectors` are the members' `(n, dim)` L2-normalized vectors, in the order of `queries`.
     """
     if not queries:
         return []
-    sims = np.asarray(vectors, dtype=np.float32) @ np.asarray(centroid, dtype=np.float32)
-    chosen: list[str] = []
+    x = np.asarray(vectors, dtype=np.float32)
+    sims = x @ np.asarray(centroid, dtype=np.float32)
+    chosen: list[int] = []
     seen: set[str] = set()
-    for i in np.argsort(-sims, kind="stable"):
+    for i in np.argsort(-sims, kind="stable").tolist():
         key = " ".join(queries[i].lower().split())
-        if key in seen:
+        if key in seen or (chosen and float(np.max(x[chosen] @ x[i])) >= NEAR_DUPLICATE):
             continue
         seen.add(key)
-        chosen.append(queries[i])
+        chosen.append(i)
         if len(chosen) == top_n:
             break
-    return chosen
+    return [queries[i] for i in chosen]

@@ -46,7 +46,7 @@ class TopicEmbedder:
     name = MODEL
     dim = DIM
 
-    def __init__(self, centres: dict[str, np.ndarray] | None = None, noise: float = 0.25) -> None:
+    def __init__(self, centres: dict[str, np.ndarray] | None = None, noise: float = 0.4) -> None:
         self.centres = {t: direction(t) for t in TOPICS} | (centres or {})
         self.noise = noise
         self.texts_embedded = 0
