@@ -14,14 +14,14 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from refinery.embed.service import vectors_from_rows
 from refinery.propose.drafting import DraftInput, MemberEvidence, draft
 from refinery.review.transitions import record_audit
 from refinery.settings import Settings
-from refinery.store.models import Cluster, Embedding, Feedback, Interaction, ProposalRow, utcnow
+from refinery.store.models import AuditEntry, Cluster, Embedding, Feedback, Interaction, ProposalRow, utcnow
 from refinery.store.prompts import current_prompt
 from schemas.proposals import (
     Evidence,
@@ -70,15 +70,43 @@ def propose_for_app(session: Session, app_id: str, settings: Settings, model: st
     for row in session.scalars(
         select(ProposalRow).where(ProposalRow.app_id == app_id, ProposalRow.status == ProposalStatus.PENDING)
     ):
-        if (row.cluster_id, row.kind) not in produced:
-            row.status = ProposalStatus.SUPERSEDED
-            row.version += 1
-            row.updated_at = utcnow()
+        if (row.cluster_id, row.kind) not in produced and _guarded_update(
+            session, row, status=ProposalStatus.SUPERSEDED
+        ):
             record_audit(session, row.id, SYSTEM_ACTOR, "supersede", "pending", "superseded", "ok",
                          "its cluster was merged or retired, or the evidence changed")
             result.superseded.append(row.id)
     session.flush()
     return result
+
+
+def _guarded_update(session: Session, row: ProposalRow, **values: object) -> bool:
+    """Change a pending proposal only if nobody else changed it since it was read: the proposer
+    must never overwrite a reviewer's concurrent decision (same rule as review decisions)."""
+    won = session.execute(
+        update(ProposalRow)
+        .where(
+            ProposalRow.id == row.id,
+            ProposalRow.version == row.version,
+            ProposalRow.status == ProposalStatus.PENDING,
+        )
+        .values(**values, version=row.version + 1, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if won == 1:
+        session.refresh(row)
+    return won == 1
+
+
+def _edited_by_a_reviewer(session: Session, proposal_id: str) -> bool:
+    return (
+        session.scalar(
+            select(AuditEntry.id)
+            .where(AuditEntry.proposal_id == proposal_id, AuditEntry.action == "edit")
+            .limit(1)
+        )
+        is not None
+    )
 
 
 def _merge_same_prompt_edits(
@@ -151,9 +179,15 @@ def _upsert(session: Session, cluster: Cluster, proposal: AnyProposal, result: P
         if open_row.fingerprint == fingerprint:
             result.unchanged.append(open_row.id)
             return
-        open_row.payload, open_row.fingerprint, open_row.title = payload, fingerprint, proposal.title
-        open_row.version += 1
-        open_row.updated_at = utcnow()
+        if _edited_by_a_reviewer(session, open_row.id):
+            # A person's edit outranks a template redraft; the evidence shown stays as they saw it.
+            result.unchanged.append(open_row.id)
+            return
+        if not _guarded_update(
+            session, open_row, payload=payload, fingerprint=fingerprint, title=proposal.title
+        ):
+            result.unchanged.append(open_row.id)  # a reviewer decided it meanwhile
+            return
         record_audit(session, open_row.id, SYSTEM_ACTOR, "refresh", "pending", "pending", "ok",
                      "evidence changed")
         result.updated.append(open_row.id)

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from refinery.review.transitions import TransitionRefused, check_transition, record_audit
 from refinery.store.models import AuditEntry, OutboxRow, ProposalRow, utcnow
-from refinery.store.prompts import set_prompt
+from refinery.store.prompts import current_prompt, set_prompt
 from schemas.proposals import ApprovedRefinement, Proposal, ProposalKind, ProposalStatus
 
 PROPOSAL_ADAPTER: TypeAdapter[Proposal] = TypeAdapter(Proposal)
@@ -167,6 +167,15 @@ def _on_approval(
     """Effects of an approval, in the approval's own transaction (transactional outbox)."""
     proposal = PROPOSAL_ADAPTER.validate_python(row.payload)
     if proposal.kind is ProposalKind.SYSTEM_PROMPT_EDIT:
+        current = current_prompt(session, app_id=row.app_id, name=proposal.artifact.prompt_name)
+        current_version = current.version if current else None
+        if current_version != proposal.artifact.base_version:
+            # Approving would silently undo whatever changed the prompt since the diff was drafted.
+            raise DecisionConflict(
+                f"prompt {proposal.artifact.prompt_name!r} is at version {current_version}, but this "
+                f"edit was drafted against {proposal.artifact.base_version}; reject it, or let the "
+                "next propose pass redraft it against the current text"
+            )
         set_prompt(
             session,
             app_id=row.app_id,
