@@ -19,16 +19,20 @@ from refinery.signals.sessions import analyze_sessions, sweep_abandoned
 from refinery.store.db import migrate, session_factory
 from refinery.store.models import Embedding, Feedback, Interaction, SessionState
 from tests.integration.helpers import start_role, wait_for
-from tests.integration.test_signals_support import (  # noqa: F401 - fresh_celery is a fixture
+from tests.integration.test_signals_support import (
     feedback,
-    fresh_celery,
     ingest,
     interaction,
-    private_redis,
+    private_celery,
     produce,
 )
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def celery_broker(redis_url):  # type: ignore[no-untyped-def]
+    yield from private_celery(redis_url)
 
 
 def verdicts(db_url: str) -> dict[str, tuple[bool, float, list[str]]]:
@@ -317,15 +321,8 @@ def test_refinery_ingest_alone_finds_rephrases_and_the_abandon(
     ], log.read_text()[-3000:]
 
 
-@pytest.mark.usefixtures("fresh_celery")  # its own Redis database: see the fixture
 def test_rephrase_and_abandon_on_a_celery_worker_over_redis(
-    kafka_bootstrap,
-    topics,
-    postgres_url,
-    redis_url,
-    make_settings,
-    activate,
-    tmp_path,
+    kafka_bootstrap, topics, postgres_url, make_settings, activate, celery_broker, tmp_path
 ):
     """The deployed wiring: ingest hands sessions to Celery (Redis), a `refinery worker` on the
     embed queue detects the rephrases, and the beat task finds the abandon."""
@@ -337,7 +334,7 @@ def test_rephrase_and_abandon_on_a_celery_worker_over_redis(
 
     settings = activate(make_settings(
         kafka_bootstrap_servers=kafka_bootstrap, database_url=postgres_url,
-        redis_url=private_redis(redis_url, 13), **topics,
+        redis_url=celery_broker, **topics,
     ))  # fmt: skip
     migrate(postgres_url)
     produce(

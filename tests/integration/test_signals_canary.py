@@ -27,15 +27,20 @@ from refinery.signals.orphans import sweep_orphans
 from refinery.signals.sessions import analyze_sessions, sweep_abandoned
 from refinery.store.db import migrate, session_factory
 from refinery.store.models import Base
-from tests.integration.test_signals_support import (  # noqa: F401 - fresh_celery is a fixture
+from tests.integration.test_signals_support import (
     at,
     dead_letters,
-    fresh_celery,
-    private_redis,
+    private_celery,
     produce,
 )
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def celery_broker(redis_url):  # type: ignore[no-untyped-def]
+    yield from private_celery(redis_url)
+
 
 N = 1000
 
@@ -136,13 +141,12 @@ def _found(canaries: set[str], haystack: str) -> list[str]:
     return sorted(c for c in canaries if c in haystack)
 
 
-@pytest.mark.usefixtures("fresh_celery")  # its own Redis database: see the fixture
 def test_no_canary_reaches_postgres_redis_logs_or_the_dead_letter_topic(
-    kafka_bootstrap, topics, postgres_url, redis_url, make_settings, activate, caplog
+    kafka_bootstrap, topics, postgres_url, make_settings, activate, celery_broker, caplog
 ):
     settings = activate(make_settings(
         kafka_bootstrap_servers=kafka_bootstrap, database_url=postgres_url,
-        redis_url=private_redis(redis_url, 12),
+        redis_url=celery_broker,
         **topics,
     ))  # fmt: skip
     migrate(postgres_url)

@@ -10,7 +10,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-import pytest
 from kafka import KafkaProducer
 
 from refinery.embed import embedding_model_name
@@ -154,16 +153,23 @@ def dead_letters(settings: Settings, *, expect: int, timeout_s: float = 30) -> l
         time.sleep(0.5)
 
 
-def private_redis(redis_url: str, db: int) -> str:
-    """The test Redis server, another database (flushed): a Celery worker or a scan of every key
-    must not meet another test session's queues (db 15 is shared by every `redis_url` test)."""
+def private_redis(redis_url: str) -> str:
+    """The test Redis server, a database of its own: a Celery worker or a scan of every key must
+    not meet another test session's queues (db 15 is shared by every `redis_url` test, and other
+    tools pick fixed numbers). Claims an empty database among 1-12 with a SET NX marker."""
+    import random
+
     import redis
 
-    url = redis_url.rsplit("/", 1)[0] + f"/{db}"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    client.close()
-    return url
+    base = redis_url.rsplit("/", 1)[0]
+    for db in random.sample(range(1, 13), 12):
+        client = redis.Redis.from_url(f"{base}/{db}")
+        try:
+            if client.dbsize() == 0 and client.set("refinery-test-claim", "1", nx=True, ex=1800):
+                return f"{base}/{db}"
+        finally:
+            client.close()
+    raise AssertionError("no empty Redis database among 1-12 for this test")
 
 
 @contextmanager
@@ -188,8 +194,15 @@ def fresh_celery_connections() -> Iterator[None]:
         drop()
 
 
-@pytest.fixture
-def fresh_celery() -> Iterator[None]:
-    """`fresh_celery_connections` around a test."""
+def private_celery(redis_url: str) -> Iterator[str]:
+    """For a fixture (`yield from`): a Redis database of the test's own (see private_redis) for
+    the Celery broker, the URL to configure (then call `activate`); connections are fresh
+    around the test, the database flushed after it."""
+    import redis
+
+    url = private_redis(redis_url)
     with fresh_celery_connections():
-        yield
+        yield url
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    client.close()
