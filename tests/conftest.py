@@ -92,17 +92,35 @@ def db_url(request) -> str:
 
 
 @pytest.fixture
-def redis_url() -> str:
+def redis_url() -> Iterator[str]:
+    """A Redis database of the test's own, claimed among 1-12 (SET NX marker on an empty one), so
+    that Celery workers of concurrent test sessions never take each other's messages; flushed
+    after the test."""
+    import random
+
     import redis
 
-    client = redis.Redis.from_url(TEST_REDIS_URL)
+    base = TEST_REDIS_URL.rsplit("/", 1)[0]
     try:
-        client.ping()
+        redis.Redis.from_url(TEST_REDIS_URL).ping()
     except Exception as exc:
         pytest.fail(f"Redis at {TEST_REDIS_URL} is needed: {exc}")
-    client.flushdb()
-    client.close()
-    return TEST_REDIS_URL
+    for db in random.sample(range(1, 13), 12):
+        client = redis.Redis.from_url(f"{base}/{db}")
+        try:
+            if client.dbsize() == 0 and client.set("refinery-test-claim", "1", nx=True, ex=1800):
+                break
+        finally:
+            client.close()
+    else:
+        pytest.fail("no empty Redis database among 1-12 for this test")
+    url = f"{base}/{db}"
+    try:
+        yield url
+    finally:
+        client = redis.Redis.from_url(url)
+        client.flushdb()
+        client.close()
 
 
 @pytest.fixture
