@@ -179,7 +179,7 @@ def main() -> None:
         time.sleep(0.3)
         stop.set()
         poller.join()
-        _report(tracker)
+        _report(tracker, _unplaced(runtime.sessions, tracker))
     finally:
         for process in reversed(roles):
             process.terminate()
@@ -331,7 +331,42 @@ def _wait_placed(sessions, expected: int, timeout_s: float) -> None:  # type: ig
     raise TimeoutError(f"initial batch: {placed}/{expected} failing queries placed")
 
 
-def _report(tracker: Tracker) -> None:
+def _unplaced(sessions, tracker: Tracker) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    """Why the failing interactions the poller never saw placed were not: their state now."""
+    from sqlalchemy import select
+
+    from refinery.store.models import Embedding, Interaction
+
+    missing = sorted(set(tracker.sent) - set(tracker.checked_at))
+    why: dict[str, int] = {}
+    with sessions() as session:
+        for start in range(0, len(missing), 500):
+            for row in session.execute(
+                select(
+                    Interaction.failing, Interaction.cluster_checked_at, Embedding.text_hash
+                )
+                .outerjoin(Embedding, Embedding.text_hash == Interaction.query_hash)
+                .where(
+                    Interaction.app_id == APP_ID,
+                    Interaction.interaction_id.in_(missing[start : start + 500]),
+                )
+            ):
+                if row.cluster_checked_at is not None:
+                    reason = "placed, but after the poller had moved on"
+                elif not row.failing:
+                    reason = "not failing in the database"
+                elif row.text_hash is None:
+                    reason = "failing, no vector yet"
+                else:
+                    reason = "failing with a vector, still due"
+                why[reason] = why.get(reason, 0) + 1
+    found = sum(why.values())
+    if found < len(missing):
+        why["not stored by ingest"] = len(missing) - found
+    return why
+
+
+def _report(tracker: Tracker, unplaced: dict[str, int]) -> None:
     import numpy as np
 
     def line(name: str, values: list[float]) -> str:
@@ -350,7 +385,8 @@ def _report(tracker: Tracker) -> None:
     print(
         f"\nfailing events sent {len(tracker.sent):,}: assigned to a cluster "
         f"{len(tracker.seen_assigned):,}, left in the outlier pool {len(tracker.outliers):,}, "
-        f"not placed by the end {never:,}"
+        f"not seen placed by the end {never:,}"
+        + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(unplaced.items()))})" if never else "")
     )
     print("| seconds from thumbs-down produced to ... | n | p50 | p95 | p99 | max |")
     print("|---|---|---|---|---|---|")
