@@ -51,6 +51,7 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
     from refinery.ingest.consumer import IngestConsumer
     from refinery.ingest.deadletter import DeadLetterCapExceeded
     from refinery.kafka.clients import make_consumer, make_producer
+    from refinery.ops.roles import ingest_checks, start_health, stop_health
     from refinery.runtime import celery_enqueue, start_runtime
     from refinery.signals.enqueue import session_enqueue
     from refinery.signals.inline import inline_sweeps
@@ -75,12 +76,14 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
     tick = inline_sweeps(settings, runtime.sessions, producer, enqueue) if settings.celery_eager else None
     log.info("ingest: consuming %s, %s as group %s", settings.topic_interactions,
              settings.topic_feedback, settings.ingest_group_id)
+    health = start_health(settings, ingest_checks(settings, consumer))
     try:
         stats = consumer.run(should_stop=lambda: stop[0], until_caught_up=args.until_caught_up, tick=tick)
     except DeadLetterCapExceeded as exc:
         log.error("ingest stopped by the dead-letter cap: %s", exc)
         return 3
     finally:
+        stop_health(health)
         consumer.close()
         runtime.close()
     log.info("ingest stopped: %s", stats)
@@ -91,6 +94,12 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     if settings.celery_eager:
         print("refinery worker needs REDIS_URL: without it tasks run eagerly inside ingest", file=sys.stderr)
         return 2
+    from refinery.ops.roles import clear_multiprocess_dir, install_worker_hooks
+
+    # Before anything imports refinery.ops.metrics (the task modules do): an earlier run's
+    # per-process files would be summed into this run's counters.
+    clear_multiprocess_dir()
+    install_worker_hooks(settings)  # health from worker_init; pool children's files marked dead
     from workers.celery_app import app
 
     argv = ["worker", "--loglevel", args.loglevel, "--queues", args.queues, "--pool", args.pool]
@@ -104,20 +113,34 @@ def cmd_beat(settings: Settings, args: argparse.Namespace) -> int:
     if settings.celery_eager:
         print("refinery beat needs REDIS_URL", file=sys.stderr)
         return 2
+    from refinery.ops.roles import broker_checks, start_health, stop_health
     from workers.celery_app import app
 
-    app.start(["beat", "--loglevel", args.loglevel, "--schedule", args.schedule])
+    health = start_health(settings, broker_checks(settings))
+    try:
+        app.start(["beat", "--loglevel", args.loglevel, "--schedule", args.schedule])
+    finally:
+        stop_health(health)
     return 0
 
 
 def cmd_relay(settings: Settings, _: argparse.Namespace) -> int:
     from refinery.kafka.clients import make_producer
+    from refinery.ops import roles
     from refinery.review.relay import run_relay
     from refinery.runtime import start_runtime
 
-    runtime = start_runtime(settings)
     stop = _stop_flag()
+    producers: list = []  # the readiness check sees the producer once it exists
+    checks = roles.relay_checks(settings, lambda: next(iter(producers), None))
+    health = roles.start_health(settings, checks)
+    # Wait for the database rather than crash-loop: meanwhile /livez is 200 and /readyz 503.
+    if not roles.wait_for_database(settings, should_stop=lambda: stop[0]):
+        roles.stop_health(health)
+        return 0
+    runtime = start_runtime(settings)
     producer = make_producer(runtime.settings)
+    producers.append(producer)
     try:
         run_relay(
             runtime.sessions,
@@ -127,6 +150,7 @@ def cmd_relay(settings: Settings, _: argparse.Namespace) -> int:
             should_stop=lambda: stop[0],
         )
     finally:
+        roles.stop_health(health)
         producer.close()
         runtime.close()
     return 0

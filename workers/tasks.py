@@ -21,6 +21,7 @@ from refinery.cluster.titles import make_titler
 from refinery.embed import embedding_model_name
 from refinery.embed.embedder import get_embedder
 from refinery.embed.service import embed_interactions as embed_service
+from refinery.ops.metrics import CLUSTERS
 from refinery.propose.service import propose_for_app as propose_service
 from refinery.settings import get_settings
 from refinery.signals.orphans import sweep_orphans
@@ -154,6 +155,8 @@ def cluster_app(app_id: str) -> dict:
     finally:
         if titler is not None:
             titler.close()
+    # Committed: the app's cluster count as its single writer left it.
+    CLUSTERS.labels(app_id=app_id).set(len(result.cluster_ids))
     return {
         "app_id": app_id,
         "run_id": result.run_id,

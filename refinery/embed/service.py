@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from refinery.embed.embedder import Embedder
 from refinery.ingest.storage import normalize_query
+from refinery.ops.metrics import EMBEDDING_BATCH_SECONDS, EMBEDDING_CACHE_HITS, EMBEDDING_TEXTS
 from refinery.store.db import insert_ignoring_duplicates
 from refinery.store.models import Embedding, Interaction
 
@@ -37,8 +39,13 @@ def embed_interactions(session: Session, interaction_ids: list[int], embedder: E
         )
     )
     todo = sorted(h for h in texts_by_hash if h not in cached)
+    EMBEDDING_CACHE_HITS.inc(len(cached))
     if todo:
+        _ = embedder.dim  # loads the model on first use (seconds): not part of a batch's time
+        started = time.perf_counter()
         vectors = embedder.embed([texts_by_hash[h] for h in todo])
+        EMBEDDING_BATCH_SECONDS.observe(time.perf_counter() - started)
+        EMBEDDING_TEXTS.inc(len(todo))
         insert_ignoring_duplicates(
             session,
             Embedding.__table__,

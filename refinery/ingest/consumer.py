@@ -48,8 +48,6 @@ Enqueue = Callable[[list[int]], None]
 EnqueueSessions = Callable[[list[SessionKey]], None]
 Clock = Callable[[], datetime]
 
-_LAG_REFRESH_S = 5.0
-
 
 @dataclass
 class IngestStats:
@@ -97,7 +95,7 @@ class IngestConsumer:
         )
         self.stats = IngestStats()
         self.last_poll_at = 0.0
-        self._lag_at = 0.0
+        self._lag_partitions: set[tuple[str, int]] = set()
         self._expected_type = {
             settings.topic_interactions: "interaction",
             settings.topic_feedback: "feedback",
@@ -112,6 +110,7 @@ class IngestConsumer:
         self.last_poll_at = time.monotonic()
         records = [r for partition_records in batch.values() for r in partition_records]
         if not records:
+            self._refresh_lag()  # local figures only: keeps the gauge moving while idle
             return 0
         self.process(records)
         self.consumer.commit()
@@ -123,10 +122,9 @@ class IngestConsumer:
         feedback: list[FeedbackEvent] = []
         origins: dict[str, Origin] = {}
         now = self.clock()
-        count = 0
+        consumed: Counter[str] = Counter()  # per topic; the metric is updated once per batch
         for record in records:
-            count += 1
-            EVENTS_CONSUMED.labels(topic=record.topic).inc()
+            consumed[record.topic] += 1
             event = parse_event(
                 record.value,
                 self.settings,
@@ -155,6 +153,9 @@ class IngestConsumer:
             for start in range(0, len(due), size):
                 self.enqueue_sessions(due[start : start + size])
         self.dead_letters.flush()
+        count = consumed.total()
+        for topic, handled in consumed.items():
+            EVENTS_CONSUMED.labels(topic=topic).inc(handled)
         EVENTS_DUPLICATE.inc(stored.duplicates)
         INGEST_BATCH_SIZE.observe(count)
         self.stats.consumed += count
@@ -165,22 +166,22 @@ class IngestConsumer:
         self.stats.batches += 1
 
     def _refresh_lag(self) -> None:
-        if time.monotonic() - self._lag_at < _LAG_REFRESH_S:
-            return
-        self._lag_at = time.monotonic()
-        assignment = list(self.consumer.assignment())
-        if not assignment:
-            return
-        try:
-            ends = self.consumer.end_offsets(assignment)
-        except Exception:  # lag is a gauge for dashboards; never let it stop ingest
-            log.debug("end_offsets failed; consumer lag not refreshed", exc_info=True)
-            return
-        for tp in assignment:
-            committed = self.consumer.committed(tp) or 0
+        """Lag of every assigned partition: the high watermark of the last fetch minus our
+        position (after the commit, the committed offset). Both are known locally, so this costs
+        no request; a partition not fetched yet has no high watermark and is left out. Partitions
+        no longer assigned lose their series, so that sum() over consumers counts each once."""
+        current: set[tuple[str, int]] = set()
+        for tp in self.consumer.assignment():
+            end = self.consumer.highwater(tp)
+            if end is None:
+                continue
+            current.add((tp.topic, tp.partition))
             CONSUMER_LAG.labels(topic=tp.topic, partition=str(tp.partition)).set(
-                max(ends.get(tp, 0) - committed, 0)
+                max(end - self.consumer.position(tp), 0)
             )
+        for topic, partition in self._lag_partitions - current:
+            CONSUMER_LAG.remove(topic, str(partition))
+        self._lag_partitions = current
 
     def caught_up(self) -> bool:
         """True when every assigned partition has been consumed to its end."""

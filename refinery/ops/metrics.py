@@ -15,8 +15,13 @@ there, and `scrape_registry()` aggregates them. The directory must be empty when
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -33,8 +38,8 @@ _NS = "refinery"
 
 # --- ingest ---------------------------------------------------------------------------------
 
-# Records polled from Kafka and handled (stored, dead-lettered or dropped as duplicate), by topic.
-# rate() of this is the ingest throughput.
+# Records polled from Kafka and handled (stored, dead-lettered or dropped as duplicate), by topic,
+# counted once per batch when the batch is durable. rate() of this is the ingest throughput.
 EVENTS_CONSUMED = Counter(
     "events_consumed",
     "Kafka records consumed and handled, by topic.",
@@ -64,8 +69,10 @@ EVENTS_DUPLICATE = Counter(
     registry=REGISTRY,
 )
 
-# Log-end offset minus committed offset, per assigned partition, refreshed by the consumer after
-# each commit. The signal to scale ingest (up to one consumer per partition).
+# Log-end offset (the high watermark of the last fetch) minus the consumer's position, per assigned
+# partition, refreshed after each commit and each empty poll; after a commit, position = committed.
+# A partition's series goes when the partition is revoked, so sum() counts each partition once.
+# The signal to scale ingest (up to one consumer per partition).
 CONSUMER_LAG = Gauge(
     "consumer_lag_records",
     "Records not yet committed by the ingest consumer group, per partition.",
@@ -103,8 +110,10 @@ EMBEDDING_TEXTS = Counter(
     registry=REGISTRY,
 )
 
-# Wall time of one forward pass over up to EMBEDDING_BATCH_SIZE texts, the cost that sizes the
-# worker fleet.
+# Wall time of one encoder call over the texts a task found missing from the cache (an embed task:
+# up to ENQUEUE_BATCH_SIZE; region sampling and rephrase detection send more), encoded in forward
+# passes of EMBEDDING_BATCH_SIZE. rate(embedding_texts) / rate(this _sum) is texts/s per busy
+# process, the figure that sizes the worker fleet (docs/scaling.md).
 EMBEDDING_BATCH_SECONDS = Histogram(
     "embedding_batch_seconds",
     "Seconds per embedding batch (one encoder call).",
@@ -187,3 +196,19 @@ def scrape_registry() -> CollectorRegistry:
     aggregated = CollectorRegistry()
     multiprocess.MultiProcessCollector(aggregated, path=path)
     return aggregated
+
+
+def after_commit(session: Session, update: Callable[[], None]) -> None:
+    """Run `update` (a metric change) when `session`'s transaction commits, and never if it rolls
+    back: counters then count what became durable, not attempts a retry repeats."""
+    from sqlalchemy import event
+
+    def committed(_: Session) -> None:
+        event.remove(session, "after_rollback", rolled_back)
+        update()
+
+    def rolled_back(_: Session) -> None:
+        event.remove(session, "after_commit", committed)
+
+    event.listen(session, "after_commit", committed, once=True)
+    event.listen(session, "after_rollback", rolled_back, once=True)

@@ -18,6 +18,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from refinery.embed.service import vectors_from_rows
+from refinery.ops.metrics import PROPOSALS, after_commit
 from refinery.propose.drafting import DraftInput, MemberEvidence, draft
 from refinery.review.transitions import record_audit
 from refinery.settings import Settings
@@ -60,10 +61,13 @@ def propose_for_app(session: Session, app_id: str, settings: Settings, model: st
             continue
         drafts.append((cluster, _draft_input(session, cluster, settings, model)))
     produced: set[tuple[str, str]] = set()
+    transitions: Counter[tuple[str, str]] = Counter()  # (kind, status entered) -> proposals
     for cluster, proposal in _merge_same_prompt_edits(drafts, result):
         kind = proposal.kind.value
         produced.add((cluster.id, kind))
+        before = len(result.created)
         _upsert(session, cluster, proposal, result)
+        transitions[(kind, ProposalStatus.PENDING)] += len(result.created) - before
 
     # Pending proposals the current evidence no longer calls for: their cluster was retired or
     # merged, or its refinement now comes from another cluster's proposal.
@@ -76,7 +80,16 @@ def propose_for_app(session: Session, app_id: str, settings: Settings, model: st
             record_audit(session, row.id, SYSTEM_ACTOR, "supersede", "pending", "superseded", "ok",
                          "its cluster was merged or retired, or the evidence changed")
             result.superseded.append(row.id)
+            transitions[(row.kind, ProposalStatus.SUPERSEDED)] += 1
     session.flush()
+
+    def count() -> None:
+        for (kind, status), n in transitions.items():
+            if n:
+                PROPOSALS.labels(kind, status).inc(n)
+
+    # Counted when the caller commits: a pass that rolls back (and is retried) created nothing.
+    after_commit(session, count)
     return result
 
 

@@ -19,6 +19,7 @@ from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from refinery.ops.metrics import PROPOSALS, REVIEW_DECISIONS
 from refinery.review import service
 from refinery.review.service import PROPOSAL_ADAPTER, DecisionConflict, ProposalNotFound
 from refinery.review.transitions import TransitionRefused, check_transition, record_audit
@@ -221,8 +222,10 @@ def edit_proposal(
             refusal = (current, exc)
         if refusal is None:
             session.refresh(row)
+            REVIEW_DECISIONS.labels("edit", "applied").inc()
             return row
     _audit_refusal(sessions, proposal_id, actor, "edit", refusal[0], refusal[0], refusal[1])
+    REVIEW_DECISIONS.labels("edit", service.outcome(refusal[1])).inc()
     raise refusal[1]
 
 
@@ -269,6 +272,8 @@ def mark_applied(
             refusal = (current, exc)
         if refusal is None:
             session.refresh(row)
+            # Not a review decision (a downstream system's acknowledgement): a status change only.
+            PROPOSALS.labels(row.kind, target).inc()
             return row
     _audit_refusal(sessions, proposal_id, actor, "applied", refusal[0], target, refusal[1])
     raise refusal[1]

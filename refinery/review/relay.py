@@ -1,7 +1,9 @@
 """Outbox relay: publish approved refinements to Kafka, then mark them sent.
 
 At-least-once by construction (publish, wait for the ack, then mark); a crash in between
-republishes the same outbox row, and consumers drop duplicates by its `outbox_id`.
+republishes the same outbox row, and consumers drop duplicates by its `outbox_id`. A pass that
+fails because the database or Kafka is unreachable is retried after `idle_sleep_s`: the relay
+waits out an outage (its /readyz says 503 meanwhile) instead of exiting.
 """
 
 from __future__ import annotations
@@ -11,17 +13,27 @@ import logging
 import time
 from collections.abc import Callable
 
-from sqlalchemy import select
+from kafka.errors import KafkaError
+from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from refinery.ops.metrics import OUTBOX_BACKLOG, OUTBOX_PUBLISHED
 from refinery.store.models import OutboxRow, utcnow
 
 log = logging.getLogger(__name__)
 
 
 def relay_once(sessions: sessionmaker[Session], producer, batch_size: int) -> int:  # type: ignore[no-untyped-def]
-    """Publish up to `batch_size` unsent rows; returns how many were published."""
+    """Publish up to `batch_size` unsent rows; returns how many were published. Sets the backlog
+    gauge to the unsent rows seen at the start of the pass."""
     with sessions() as session:
+        OUTBOX_BACKLOG.set(
+            session.scalar(
+                select(func.count()).select_from(OutboxRow).where(OutboxRow.published_at.is_(None))
+            )
+            or 0
+        )
         query = (
             select(OutboxRow)
             .where(OutboxRow.published_at.is_(None))
@@ -48,6 +60,7 @@ def relay_once(sessions: sessionmaker[Session], producer, batch_size: int) -> in
         for row in rows:
             row.published_at = now
         session.commit()
+        OUTBOX_PUBLISHED.inc(len(rows))
         return len(rows)
 
 
@@ -60,7 +73,12 @@ def run_relay(
     should_stop: Callable[[], bool] = lambda: False,
 ) -> None:
     while not should_stop():
-        sent = relay_once(sessions, producer, batch_size)
+        try:
+            sent = relay_once(sessions, producer, batch_size)
+        except (OperationalError, KafkaError) as exc:
+            log.warning("relay pass failed, retrying in %.1f s: %s", idle_sleep_s, exc)
+            time.sleep(idle_sleep_s)
+            continue
         if sent:
             log.info("published %d approved refinements", sent)
         else:

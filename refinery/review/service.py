@@ -15,6 +15,7 @@ from pydantic import TypeAdapter
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from refinery.ops.metrics import PROPOSALS, REVIEW_DECISIONS
 from refinery.review.transitions import TransitionRefused, check_transition, record_audit
 from refinery.store.models import AuditEntry, OutboxRow, ProposalRow, utcnow
 from refinery.store.prompts import current_prompt, set_prompt
@@ -155,10 +156,19 @@ def _decide(
             error = exc
         if refusal is None:
             session.refresh(row)
+            REVIEW_DECISIONS.labels(action, "applied").inc()
+            PROPOSALS.labels(row.kind, target).inc()
             return row
     with sessions.begin() as audit_session:
         record_audit(audit_session, proposal_id, actor, action, refusal[0], target, "refused", refusal[1])
+    REVIEW_DECISIONS.labels(action, outcome(error)).inc()
     raise error
+
+
+def outcome(error: Exception) -> str:
+    """The `outcome` label of a refused review attempt: `conflict` when someone else changed the
+    proposal first, `invalid` when its status does not allow the action."""
+    return "conflict" if isinstance(error, DecisionConflict) else "invalid"
 
 
 def _on_approval(

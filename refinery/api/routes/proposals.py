@@ -31,7 +31,6 @@ from refinery.api.models import (
     ProposalUpdate,
 )
 from refinery.api.tokens import Principal
-from refinery.ops.metrics import PROPOSALS, REVIEW_DECISIONS
 from refinery.review import actions, service
 from refinery.review.service import DecisionConflict, ProposalFilter, ProposalNotFound
 from refinery.review.transitions import TransitionRefused
@@ -195,11 +194,7 @@ def edit_proposal(
             comment=body.comment,
         )
     except (DecisionConflict, TransitionRefused) as exc:
-        REVIEW_DECISIONS.labels(
-            "edit", "conflict" if isinstance(exc, DecisionConflict) else "invalid"
-        ).inc()
         return _conflict(sessions, proposal_id, exc)
-    REVIEW_DECISIONS.labels("edit", "applied").inc()
     return _detail(sessions, proposal_id)
 
 
@@ -216,7 +211,7 @@ def approve_proposal(
     """pending -> approved. In the same transaction: the outbox row that `refinery relay`
     publishes downstream, and for a system prompt edit, the prompt registry's new version."""
     try:
-        row = actions.approve(
+        actions.approve(
             sessions,
             proposal_id,
             actor=principal.name,
@@ -225,12 +220,7 @@ def approve_proposal(
             expected_version=body.expected_version,
         )
     except (DecisionConflict, TransitionRefused) as exc:
-        REVIEW_DECISIONS.labels(
-            "approve", "conflict" if isinstance(exc, DecisionConflict) else "invalid"
-        ).inc()
         return _conflict(sessions, proposal_id, exc)
-    REVIEW_DECISIONS.labels("approve", "applied").inc()
-    PROPOSALS.labels(row.kind, ProposalStatus.APPROVED).inc()
     return _detail(sessions, proposal_id)
 
 
@@ -243,7 +233,7 @@ def reject_proposal(
 ) -> Any:
     """pending -> rejected."""
     try:
-        row = service.reject(
+        service.reject(
             sessions,
             proposal_id,
             actor=principal.name,
@@ -251,12 +241,7 @@ def reject_proposal(
             expected_version=body.expected_version,
         )
     except (DecisionConflict, TransitionRefused) as exc:
-        REVIEW_DECISIONS.labels(
-            "reject", "conflict" if isinstance(exc, DecisionConflict) else "invalid"
-        ).inc()
         return _conflict(sessions, proposal_id, exc)
-    REVIEW_DECISIONS.labels("reject", "applied").inc()
-    PROPOSALS.labels(row.kind, ProposalStatus.REJECTED).inc()
     return _detail(sessions, proposal_id)
 
 
@@ -271,7 +256,7 @@ def mark_applied(
     acknowledges that the refinement is live. The body is optional."""
     body = body or AppliedAck()
     try:
-        row = actions.mark_applied(
+        actions.mark_applied(
             sessions,
             proposal_id,
             actor=principal.name,
@@ -280,7 +265,6 @@ def mark_applied(
         )
     except (DecisionConflict, TransitionRefused) as exc:
         return _conflict(sessions, proposal_id, exc)
-    PROPOSALS.labels(row.kind, ProposalStatus.APPLIED).inc()
     return _detail(sessions, proposal_id)
 
 

@@ -30,7 +30,6 @@ from refinery.api import views
 from refinery.api.deps import PROPOSAL_ID_PATTERN, ProposalId, SessionsDep, SettingsDep
 from refinery.api.models import ProposalDetail
 from refinery.api.tokens import Principal, Role, authenticate
-from refinery.ops.metrics import PROPOSALS, REVIEW_DECISIONS
 from refinery.review import actions, service
 from refinery.review.service import DecisionConflict, ProposalFilter, ProposalNotFound
 from refinery.review.transitions import TransitionRefused
@@ -405,7 +404,7 @@ def _act(
     except ValueError as exc:
         raise actions.InvalidEdit("version", "missing; reload the page") from exc
     if action == "approve":
-        row = actions.approve(
+        actions.approve(
             sessions,
             proposal_id,
             actor=actor,
@@ -413,17 +412,14 @@ def _act(
             comment=comment,
             expected_version=version,
         )
-        PROPOSALS.labels(row.kind, ProposalStatus.APPROVED).inc()
     elif action == "reject":
-        row = service.reject(
+        service.reject(
             sessions, proposal_id, actor=actor, comment=comment, expected_version=version
         )
-        PROPOSALS.labels(row.kind, ProposalStatus.REJECTED).inc()
     elif action == "applied":
-        row = actions.mark_applied(
+        actions.mark_applied(
             sessions, proposal_id, actor=actor, comment=comment, expected_version=version
         )
-        PROPOSALS.labels(row.kind, ProposalStatus.APPLIED).inc()
     else:
         with sessions() as session:
             kind = service.get_proposal(session, proposal_id).kind
@@ -469,7 +465,6 @@ async def proposal_action(
         return _detail_page(
             sessions, proposal_id, user, status_code=403, error=f"Not allowed: {reason}."
         )
-    decision = "edit" if action == "edit" else action
     try:
         await run_in_threadpool(
             _act, sessions, settings, proposal_id, action, user.principal.name, form
@@ -479,9 +474,6 @@ async def proposal_action(
             "error.html", 404, title="Not found", message=f"No proposal {proposal_id}.", user=user
         )
     except (DecisionConflict, TransitionRefused) as exc:
-        REVIEW_DECISIONS.labels(
-            decision, "conflict" if isinstance(exc, DecisionConflict) else "invalid"
-        ).inc()
         return _detail_page(
             sessions, proposal_id, user, status_code=409, error=str(exc), submitted=form
         )
@@ -500,6 +492,4 @@ async def proposal_action(
             error=f"{where}: {first['msg']}",
             submitted=form,
         )
-    if action != "applied":
-        REVIEW_DECISIONS.labels(decision, "applied").inc()
     return RedirectResponse(f"/ui/proposals/{proposal_id}?done={_DONE[action]}", status_code=303)
