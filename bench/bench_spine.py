@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -27,13 +28,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+NOW = (datetime.now(UTC) - timedelta(hours=1)).isoformat()  # inside the event-time limits
+
 
 def _events(n: int) -> tuple[list[bytes], list[bytes]]:
     interactions, feedback = [], []
     for i in range(n):
         interactions.append(json.dumps({
             "event_id": f"b-i{i}", "app_id": f"app{i % 4}", "session_id": f"s{i // 5}",
-            "interaction_id": f"i{i}", "occurred_at": "2026-11-27T10:00:00Z",
+            "interaction_id": f"i{i}", "occurred_at": NOW,
             "query": f"How do I change the delivery address of order {100000 + i}? mail me at u{i}@x.io",
             "response": "Open Orders, choose the order, then Edit address before it ships.",
             "retrieved_sources": [{"source_id": "kb-1", "score": 0.8}],
@@ -41,7 +44,7 @@ def _events(n: int) -> tuple[list[bytes], list[bytes]]:
         if i % 2 == 0:
             feedback.append(json.dumps({
                 "event_id": f"b-f{i}", "app_id": f"app{i % 4}", "interaction_id": f"i{i}",
-                "occurred_at": "2026-11-27T10:00:05Z",
+                "occurred_at": NOW,
                 "kind": "thumbs_down" if i % 10 == 0 else "thumbs_up",
             }).encode())
     return interactions, feedback

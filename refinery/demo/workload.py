@@ -109,7 +109,8 @@ class Workload:
 
 def generate(seed: int = 7, healthy: int = 400, per_mode: int = 30, noise_rate: float = 0.03) -> Workload:
     rng = random.Random(seed)
-    start = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
+    # A week back from now: event-time limits (MAX_EVENT_AGE_S) must accept the demo any day.
+    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=7)
     work = Workload(planted={
         "knowledge_gap": "rag_source",
         "behaviour": "system_prompt_edit",

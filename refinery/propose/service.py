@@ -275,7 +275,8 @@ def _draft_input(session: Session, cluster: Cluster, settings: Settings, model: 
         else settings.default_prompt_name
     )
     prompt = current_prompt(session, app_id=cluster.app_id, name=prompt_name)
-    reasons = Counter(r for i in interactions for r in (i.failure_reasons or []))
+    # Count reasons by their signal name: "rephrased within 40 s" and "... 35 s" are one signal.
+    reasons = Counter(r.split(" ", 1)[0] for i in interactions for r in (i.failure_reasons or []))
     evidence = Evidence(
         cluster_id=cluster.id,
         label=cluster.label,

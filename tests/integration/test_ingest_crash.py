@@ -7,6 +7,7 @@ import base64
 import json
 import signal
 import subprocess
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
@@ -20,20 +21,22 @@ pytestmark = pytest.mark.integration
 
 INTERACTIONS = 3000
 
+NOW = (datetime.now(UTC) - timedelta(hours=1)).isoformat()  # inside the event-time limits
+
 
 def _events():
     interactions, feedback = [], []
     for i in range(INTERACTIONS):
         interactions.append({
             "event_id": f"crash-i{i}", "app_id": f"app{i % 3}", "session_id": f"s{i // 4}",
-            "interaction_id": f"i{i}", "occurred_at": "2026-11-27T10:00:00Z",
+            "interaction_id": f"i{i}", "occurred_at": NOW,
             "query": f"question number {i} about topic {i % 17}", "response": "an answer",
         })
         if i % 2 == 0:  # half get feedback; every 5th of those fails
             kind = "thumbs_down" if i % 10 == 0 else "thumbs_up"
             feedback.append({
                 "event_id": f"crash-f{i}", "app_id": f"app{i % 3}", "interaction_id": f"i{i}",
-                "occurred_at": "2026-11-27T10:00:09Z", "kind": kind,
+                "occurred_at": NOW, "kind": kind,
             })
     return interactions, feedback
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given
@@ -14,6 +15,8 @@ from schemas import FeedbackEvent, InteractionEvent
 
 SETTINGS = Settings(_env_file=None, max_event_bytes=4096, max_query_chars=500, max_json_depth=8)
 
+NOW = (datetime.now(UTC) - timedelta(hours=1)).isoformat()  # inside the event-time limits
+
 
 def good(**overrides) -> dict:
     return {
@@ -21,7 +24,7 @@ def good(**overrides) -> dict:
         "app_id": "shop",
         "session_id": "s1",
         "interaction_id": "i1",
-        "occurred_at": "2026-11-27T10:00:00Z",
+        "occurred_at": NOW,
         "query": "hello",
         "response": "hi",
         **overrides,
@@ -31,7 +34,7 @@ def good(**overrides) -> dict:
 def test_valid_interaction_and_feedback():
     assert isinstance(parse_event(json.dumps(good()).encode(), SETTINGS), InteractionEvent)
     fb = {"event_id": "f", "app_id": "shop", "interaction_id": "i1",
-          "occurred_at": "2026-11-27T10:00:00Z", "kind": "thumbs_up"}
+          "occurred_at": NOW, "kind": "thumbs_up"}
     assert isinstance(parse_event(json.dumps(fb).encode(), SETTINGS, expected_type="feedback"), FeedbackEvent)
 
 
