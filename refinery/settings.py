@@ -228,6 +228,12 @@ class Settings(BaseSettings):
         " 0.656 (bench/bench_cluster.py --int8-only)."
         " Its vectors are cached apart from fp32 ones (the cache key gets \"+int8\").",
     )
+    embedding_device: str = Field(
+        "cpu",
+        description="torch device of the encoder: cpu, or cuda / cuda:N on a GPU worker (needs an"
+        " image with a CUDA build of torch; the default image is CPU-only). EMBEDDING_INT8 is"
+        " CPU-only. See docs/scaling.md.",
+    )
 
     # --- clustering --------------------------------------------------------------------------
     cluster_similarity_threshold: float = Field(

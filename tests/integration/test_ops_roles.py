@@ -134,7 +134,9 @@ def test_ingest_health_and_event_counters(
         body = ready(port, process)
         assert body == {"status": "ok", "checks": {"kafka_poll": True, "database": True}}
 
-        valid = [interaction(f"ops-{n}", f"where is my parcel {n}", session=f"s{n}") for n in range(5)]
+        valid = [
+            interaction(f"ops-{n}", f"where is my parcel {n}", session=f"s{n}") for n in range(5)
+        ]
         invalid = [b"{not json", b"\xff\xfe", json.dumps({"event_id": "x"}).encode()]
         produce(kafka_bootstrap, topics["topic_interactions"], [*valid, valid[0], *invalid])
         topic = topics["topic_interactions"]
@@ -196,7 +198,10 @@ def test_relay_health_follows_its_database_and_counts_published_rows(
 
     for _ in range(3):
         approve(
-            sessions, insert_proposal(sessions, "rag_source"), actor="ops", topic=topics["topic_approved"]
+            sessions,
+            insert_proposal(sessions, "rag_source"),
+            actor="ops",
+            topic=topics["topic_approved"],
         )
     port, log = free_port(), tmp_path / "relay.log"
     process = start_role(settings, "relay", log_path=log, HEALTH_PORT=str(port))
@@ -265,8 +270,11 @@ def test_worker_health_metrics_of_its_pool_children_and_inspect_ping(
         assert ready(port, process)["checks"] == {"broker": True}
         assert not stale.exists()
         ping = wait_for(
-            lambda: (out := celery_cli(celery_redis, "inspect", "ping", "--timeout", "5"))
-            .returncode == 0 and out,
+            lambda: (
+                (out := celery_cli(celery_redis, "inspect", "ping", "--timeout", "5")).returncode
+                == 0
+                and out
+            ),
             timeout_s=90,
             what="celery inspect ping to answer",
         )
@@ -290,9 +298,7 @@ def test_worker_health_metrics_of_its_pool_children_and_inspect_ping(
 def test_worker_with_a_dead_broker_is_alive_but_not_ready(tmp_path, sqlite_url, make_settings):
     settings = make_settings(redis_url=UNREACHABLE_REDIS, database_url=sqlite_url)
     port, log = free_port(), tmp_path / "worker.log"
-    process = start_role(
-        settings, "worker", "--pool", "solo", log_path=log, HEALTH_PORT=str(port)
-    )
+    process = start_role(settings, "worker", "--pool", "solo", log_path=log, HEALTH_PORT=str(port))
     with running(process, log):
         body = not_ready(port, process, timeout_s=90)
         assert body == {"status": "fail", "checks": {"broker": False}, "failed": ["broker"]}
