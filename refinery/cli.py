@@ -422,8 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--until-caught-up", action="store_true", help="stop at the end of every partition")
     p.set_defaults(func=cmd_ingest)
 
-    p = sub.add_parser("worker", help="Celery worker (embed, cluster, propose queues)")
-    p.add_argument("--queues", default="embed,cluster,propose")
+    p = sub.add_parser("worker", help="Celery worker (embed, cluster, propose, signals queues)")
+    p.add_argument("--queues", default="embed,cluster,propose,signals")
     p.add_argument("--pool", default="prefork")
     p.add_argument("--concurrency", type=int, default=0)
     p.add_argument("--loglevel", default="INFO")

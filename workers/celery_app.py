@@ -11,7 +11,9 @@ from celery import Celery
 
 from refinery.settings import Settings, get_settings
 
-QUEUES = ("embed", "cluster", "propose")
+# "signals" (session analysis: embeds every turn) apart from "embed" (failing queries only),
+# so rephrase detection never delays a failing query's path to its cluster.
+QUEUES = ("embed", "cluster", "propose", "signals")
 
 
 def configure(app: Celery, settings: Settings) -> Celery:
@@ -46,7 +48,7 @@ def configure(app: Celery, settings: Settings) -> Celery:
             # Failure signals (refinery.signals): rephrase detection embeds, so the embed queue
             # (whose messages all carry ids); the periodic sweeps carry none and never embed:
             # the propose queue, served by the same stateless workers.
-            "refinery.detect_session_signals": {"queue": "embed"},
+            "refinery.detect_session_signals": {"queue": "signals"},
             "refinery.sweep_abandoned_sessions": {"queue": "propose"},
             "refinery.sweep_orphan_feedback": {"queue": "propose"},
         },

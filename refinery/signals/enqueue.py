@@ -36,5 +36,5 @@ def session_enqueue(settings: Settings) -> Callable[[list[SessionKey]], None] | 
 
     # send_task keeps the consumer from importing the task modules (and their ML imports).
     return lambda keys: app.send_task(
-        TASK_DETECT, args=([session_ref(k) for k in keys],), queue="embed"
+        TASK_DETECT, args=([session_ref(k) for k in keys],), queue="signals"
     )

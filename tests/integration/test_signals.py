@@ -347,7 +347,7 @@ def test_rephrase_and_abandon_on_a_celery_worker_over_redis(
         settings,
         "worker",
         "--queues",
-        "embed,propose",
+        "embed,propose,signals",
         "--pool",
         "solo",
         log_path=log,
