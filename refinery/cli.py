@@ -23,7 +23,7 @@ def _setup_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # kafka-python and Celery narrate every connection and task at INFO; keep our own lines readable.
     if level.upper() != "DEBUG":
-        for noisy in ("kafka", "celery.app.trace", "sentence_transformers", "httpx", "alembic"):
+        for noisy in ("kafka", "celery.app.trace", "sentence_transformers", "httpx", "alembic", "faiss"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
