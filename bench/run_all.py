@@ -26,7 +26,9 @@ def main() -> int:
         ("redaction", ["bench_redaction.py"]),
         ("ingest with signals", ["bench_ingest_signals.py"]),
         ("review API latency", ["bench_api.py"]),
+        ("freshness: Kafka to cluster assignment", ["bench_freshness.py"]),
     ]
+    # GPU figures (bench_embed_device.py, bench_embed_worker_device.py) need a machine with one.
     failed = []
     for title, argv in runs:
         script = HERE / argv[0]
