@@ -21,8 +21,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from refinery.ops.metrics import PROPOSALS, REVIEW_DECISIONS
 from refinery.review import service
-from refinery.review.service import PROPOSAL_ADAPTER, DecisionConflict, ProposalNotFound
-from refinery.review.transitions import TransitionRefused, check_transition, record_audit
+from refinery.review.service import (
+    PROPOSAL_ADAPTER,
+    DecisionConflict,
+    ProposalNotFound,
+    conditional_transition,
+)
+from refinery.review.transitions import TransitionRefused, record_audit
 from refinery.store.models import ProposalRow, utcnow
 from schemas.proposals import ProposalKind, ProposalStatus
 
@@ -245,26 +250,9 @@ def mark_applied(
         row = session.get(ProposalRow, proposal_id)
         if row is None:
             raise ProposalNotFound(f"no proposal {proposal_id!r}")
-        current, version = row.status, row.version
+        current = row.status
         try:
-            check_transition(current, target)
-            if expected_version is not None and expected_version != version:
-                raise DecisionConflict(
-                    f"proposal {proposal_id} is at version {version}, not {expected_version}; "
-                    "reload it"
-                )
-            won = session.execute(
-                update(ProposalRow)
-                .where(
-                    ProposalRow.id == proposal_id,
-                    ProposalRow.version == version,
-                    ProposalRow.status == current,
-                )
-                .values(status=target, version=version + 1, updated_at=utcnow())
-                .execution_options(synchronize_session=False)
-            ).rowcount  # type: ignore[attr-defined]
-            if won != 1:
-                raise DecisionConflict(f"proposal {proposal_id} was changed by someone else first")
+            conditional_transition(session, row, target, expected_version=expected_version)
             record_audit(session, proposal_id, actor, "applied", current, target, "ok", comment)
             session.commit()
         except (TransitionRefused, DecisionConflict) as exc:

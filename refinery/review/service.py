@@ -103,6 +103,37 @@ def reject(
     return _decide(sessions, proposal_id, ProposalStatus.REJECTED, actor, comment, expected_version, None)
 
 
+def conditional_transition(
+    session: Session,
+    row: ProposalRow,
+    target: str,
+    *,
+    expected_version: int | None,
+    **values: object,
+) -> None:
+    """Move `row` to `target` only if nobody changed it since it was read: the one-winner rule
+    of every status change (UPDATE ... WHERE id, version, status). Raises TransitionRefused or
+    DecisionConflict; the caller audits and commits."""
+    current, version = row.status, row.version
+    check_transition(current, target)
+    if expected_version is not None and expected_version != version:
+        raise DecisionConflict(
+            f"proposal {row.id} is at version {version}, not {expected_version}; reload it"
+        )
+    won = session.execute(
+        update(ProposalRow)
+        .where(
+            ProposalRow.id == row.id,
+            ProposalRow.version == version,
+            ProposalRow.status == current,
+        )
+        .values(status=target, version=version + 1, updated_at=utcnow(), **values)
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
+    if won != 1:
+        raise DecisionConflict(f"proposal {row.id} was changed by someone else first")
+
+
 def _decide(
     sessions: sessionmaker[Session],
     proposal_id: str,
@@ -118,33 +149,18 @@ def _decide(
         row = session.get(ProposalRow, proposal_id)
         if row is None:
             raise ProposalNotFound(f"no proposal {proposal_id!r}")
-        current, version = row.status, row.version
+        current = row.status
         try:
-            check_transition(current, target)
-            if expected_version is not None and expected_version != version:
-                raise DecisionConflict(
-                    f"proposal {proposal_id} is at version {version}, not {expected_version}; reload it"
-                )
             now = utcnow()
-            won = session.execute(
-                update(ProposalRow)
-                .where(
-                    ProposalRow.id == proposal_id,
-                    ProposalRow.version == version,
-                    ProposalRow.status == current,
-                )
-                .values(
-                    status=target,
-                    version=version + 1,
-                    decided_by=actor,
-                    decided_at=now,
-                    decision_comment=comment,
-                    updated_at=now,
-                )
-                .execution_options(synchronize_session=False)
-            ).rowcount
-            if won != 1:
-                raise DecisionConflict(f"proposal {proposal_id} was decided by someone else first")
+            conditional_transition(
+                session,
+                row,
+                target,
+                expected_version=expected_version,
+                decided_by=actor,
+                decided_at=now,
+                decision_comment=comment,
+            )
             record_audit(session, proposal_id, actor, action, current, target, "ok", comment)
             if target is ProposalStatus.APPROVED:
                 assert topic is not None
