@@ -353,6 +353,18 @@ class Settings(BaseSettings):
     retrieval_gap_fraction: float = Field(
         0.5, description="Share of a cluster's interactions with a retrieval gap that calls for RAG."
     )
+    proposal_min_evidence_share: float = Field(
+        0.25,
+        description="Least share of a cluster's failing interactions carrying corrections (for a"
+        " fine-tuning dataset) or one behaviour complaint (for a prompt edit) for that kind to be"
+        " proposed; the kind whose evidence most members carry wins.",
+    )
+    proposal_merge_topic_closeness: float = Field(
+        0.75,
+        description="Clusters whose drafts are the same refinement merge into one proposal when"
+        " their members are this close across clusters relative to within them (mean cross-pair"
+        " cosine / geometric mean of the clusters' mean inner cosines): one topic split in two.",
+    )
     default_prompt_name: str = Field("default", description="Prompt name when events carry none.")
 
     # --- review ------------------------------------------------------------------------------
