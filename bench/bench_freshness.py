@@ -22,10 +22,10 @@ queue; it is off unless --rephrase-detection, and the output says which.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import threading
@@ -44,9 +44,6 @@ if str(REPO) not in sys.path:
 APP_ID = "freshness-bench"
 FAILURE_INTENTS = 20
 INITIAL_PER_INTENT = 40
-POSTGRES_ADMIN_URL = os.environ.get(
-    "TEST_POSTGRES_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
 SEED = 4
 
 
@@ -93,6 +90,7 @@ def main() -> None:
 
     from refinery.kafka.embedded import start_embedded_broker
     from refinery.runtime import start_runtime
+    from refinery.scenario.roles import Roles, fresh_database
     from refinery.settings import Settings
 
     workload = _workload(args.clinc)
@@ -100,7 +98,8 @@ def main() -> None:
     client.ping()
     client.flushdb()
     tmp = Path(tempfile.mkdtemp(prefix="refinery-freshness-"))
-    database_url, drop_database = _database(args.database, tmp)
+    stack = contextlib.ExitStack()
+    database_url = stack.enter_context(fresh_database(args.database, tmp))
     broker = start_embedded_broker()
     suffix = uuid.uuid4().hex[:8]
     env_settings = {
@@ -119,16 +118,13 @@ def main() -> None:
     }
     settings = Settings(_env_file=None, **env_settings)
     runtime = start_runtime(settings)
-    env = _role_env(env_settings)
-    env["OMP_NUM_THREADS"] = str(args.omp_threads)
-    roles = []
+    roles = stack.enter_context(Roles(_role_env(env_settings), tmp))
+    roles.env["OMP_NUM_THREADS"] = str(args.omp_threads)
     try:
-        roles.append(_role(["worker", "--pool", "prefork", "--concurrency",
-                            str(args.worker_concurrency), "--loglevel", "WARNING"],
-                           env, tmp / "worker.log"))  # fmt: skip
-        roles.append(_role(["ingest"], env, tmp / "ingest.log"))
-        roles.append(_role(["beat", "--loglevel", "WARNING", "--schedule",
-                            str(tmp / "beat-schedule")], env, tmp / "beat.log"))  # fmt: skip
+        roles.start("worker", "--pool", "prefork", "--concurrency", str(args.worker_concurrency),
+                    "--loglevel", "WARNING")  # fmt: skip
+        roles.start("ingest")
+        roles.start("beat", "--loglevel", "WARNING")
         producer = _producer(broker.bootstrap_servers)
         print(
             f"roles: ingest, worker (prefork x{args.worker_concurrency}, OMP_NUM_THREADS="
@@ -181,19 +177,12 @@ def main() -> None:
         poller.join()
         _report(tracker, _unplaced(runtime.sessions, tracker))
     finally:
-        for process in reversed(roles):
-            process.terminate()
-        for process in reversed(roles):
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        roles.stop()
         runtime.close()
         broker.stop()
         client.flushdb()
         client.close()
-        if drop_database is not None:
-            drop_database()
+        stack.close()  # drops the database
         print(f"logs: {tmp}")
 
 
@@ -398,42 +387,9 @@ def _report(tracker: Tracker, unplaced: dict[str, int]) -> None:
 # --- services -----------------------------------------------------------------------------------
 
 
-def _database(kind: str, tmp: Path):  # type: ignore[no-untyped-def]
-    if kind == "sqlite":
-        return f"sqlite:///{tmp}/refinery.db", None
-    from sqlalchemy import create_engine, text
-
-    name = f"refinery_fresh_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-
-    def drop() -> None:
-        from refinery.store.db import engine_for
-
-        engine_for.cache_clear()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-    return POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}", drop
-
-
 def _role_env(values: dict) -> dict[str, str]:  # type: ignore[type-arg]
-    ours = ("KAFKA_", "REDIS_", "DATABASE_", "TOPIC_", "CLUSTER_", "EMBEDDING_")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(ours)}
-    env.update({k.upper(): str(v).lower() if isinstance(v, bool) else str(v)
-                for k, v in values.items()})  # fmt: skip
-    env["HF_HUB_OFFLINE"] = "1"
-    return env
-
-
-def _role(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "refinery.cli", *args], cwd=REPO, env=env, stdout=out,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    """Settings as the environment variables a deployment would set."""
+    return {k.upper(): str(v).lower() if isinstance(v, bool) else str(v) for k, v in values.items()}
 
 
 if __name__ == "__main__":

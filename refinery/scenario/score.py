@@ -1,0 +1,139 @@
+"""Score an app's review queue against the failure modes planted in it.
+
+A planted intent is *recalled* when one proposal covers at least COVERAGE of its failing
+interactions with members at least PURITY of that intent (a proposal's members: the failing
+interactions in its cluster and in any cluster merged into it). Also counted: impure proposal
+clusters, redundant proposals (more than one for an intent), spurious ones (their members are
+mostly traffic nobody planted as failing), and whether each recalled intent got the expected kind.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from refinery.scenario.plant import Scenario
+from refinery.store.models import Interaction, ProposalRow
+
+PURITY = 0.8
+COVERAGE = 0.6
+OPEN_STATUSES = ("pending", "approved", "applied")
+
+
+@dataclass
+class IntentScore:
+    intent: str
+    expected_kind: str
+    failing: int  # its failing interactions
+    recalled: bool = False
+    proposal_id: str | None = None
+    kind: str | None = None
+    purity: float = 0.0
+    coverage: float = 0.0
+
+    @property
+    def kind_right(self) -> bool:
+        return self.recalled and self.kind == self.expected_kind
+
+
+@dataclass
+class QueueScore:
+    intents: list[IntentScore] = field(default_factory=list)
+    proposals: int = 0
+    clusters: int = 0  # clusters behind the proposals
+    impure_clusters: int = 0
+    redundant: int = 0  # proposals beyond the first whose members are mostly the same intent
+    spurious: int = 0  # proposals whose members are mostly traffic planted as healthy
+
+    @property
+    def recalled(self) -> int:
+        return sum(s.recalled for s in self.intents)
+
+    @property
+    def kinds_right(self) -> int:
+        return sum(s.kind_right for s in self.intents)
+
+    def misses(self) -> list[str]:
+        """What falls short of the targets: at least N-1 of N intents recalled, at most one
+        impure cluster per 10, no redundant or spurious proposal, every recalled kind right."""
+        n = len(self.intents)
+        out = []
+        if self.recalled < n - 1:
+            out.append(f"recalled {self.recalled} of {n} planted intents (target {n - 1})")
+        if self.impure_clusters * 10 > max(self.clusters, 10):
+            out.append(f"{self.impure_clusters} impure of {self.clusters} clusters")
+        if self.redundant:
+            out.append(f"{self.redundant} redundant proposal(s)")
+        if self.spurious:
+            out.append(f"{self.spurious} proposal(s) for healthy traffic")
+        wrong = [s.intent for s in self.intents if s.recalled and not s.kind_right]
+        if wrong:
+            out.append(f"wrong kind for {', '.join(wrong)}")
+        return out
+
+
+def score_queue(session: Session, scenario: Scenario) -> QueueScore:
+    members: dict[str, list[str]] = defaultdict(list)  # cluster id -> labels of failing members
+    failing_per_label: Counter[str] = Counter()
+    for interaction_id, cluster_id in session.execute(
+        select(Interaction.interaction_id, Interaction.cluster_id).where(
+            Interaction.app_id == scenario.app_id, Interaction.failing.is_(True)
+        )
+    ):
+        label = scenario.truth.get(interaction_id, "unknown")
+        failing_per_label[label] += 1
+        if cluster_id is not None:
+            members[cluster_id].append(label)
+
+    rows = session.scalars(
+        select(ProposalRow)
+        .where(ProposalRow.app_id == scenario.app_id, ProposalRow.status.in_(OPEN_STATUSES))
+        .order_by(ProposalRow.created_at, ProposalRow.id)
+    ).all()
+    result = QueueScore(proposals=len(rows))
+    best: dict[str, IntentScore] = {
+        intent: IntentScore(intent, kind, failing_per_label[intent])
+        for intent, kind in sorted(scenario.planted.items())
+    }
+    proposals_per_label: Counter[str] = Counter()
+    for row in rows:
+        cluster_ids = proposal_cluster_ids(row)
+        result.clusters += len(cluster_ids)
+        for cluster_id in cluster_ids:
+            labels = Counter(members.get(cluster_id, []))
+            if labels and labels.most_common(1)[0][1] < PURITY * sum(labels.values()):
+                result.impure_clusters += 1
+        labels = Counter(label for c in cluster_ids for label in members.get(c, []))
+        if not labels:
+            continue
+        label, count = labels.most_common(1)[0]
+        proposals_per_label[label] += 1
+        if label not in scenario.planted:
+            result.spurious += 1
+            continue
+        purity = count / sum(labels.values())
+        coverage = count / max(1, failing_per_label[label])
+        candidate = best[label]
+        if (purity >= PURITY, coverage) > (candidate.purity >= PURITY, candidate.coverage):
+            candidate.proposal_id, candidate.kind = row.id, row.kind
+            candidate.purity, candidate.coverage = round(purity, 3), round(coverage, 3)
+            candidate.recalled = purity >= PURITY and coverage >= COVERAGE
+    result.redundant = sum(
+        n - 1 for label, n in proposals_per_label.items() if label in scenario.planted
+    )
+    result.intents = list(best.values())
+    return result
+
+
+def proposal_cluster_ids(row: ProposalRow) -> list[str]:
+    """The proposal's own cluster, then the clusters merged into it (evidence parts)."""
+    ids = [row.cluster_id]
+    evidence = (row.payload or {}).get("evidence") or {}
+    for part in evidence.get("parts") or []:
+        cluster_id = part.get("cluster_id") if isinstance(part, dict) else None
+        if cluster_id and cluster_id not in ids:
+            ids.append(cluster_id)
+    return ids
