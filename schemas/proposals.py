@@ -47,11 +47,23 @@ class TrendBucket(BaseModel):
     count: int = Field(description="Failing interactions of the cluster that occurred in it.")
 
 
+class EvidencePart(BaseModel):
+    """One cluster of a proposal merged from several clusters of the same failure mode."""
+
+    cluster_id: str
+    label: str = Field(description="Top keywords of the cluster, joined: its topic.")
+    keywords: list[str] = Field(default_factory=list)
+    size: int = Field(description="Failing interactions of this cluster in the proposal.")
+
+
 class Evidence(BaseModel):
     cluster_id: str
     label: str = Field(description="Top keywords of the cluster, joined.")
     keywords: list[str]
-    size: int = Field(description="Failing interactions in the cluster.")
+    size: int = Field(
+        description="Failing interactions in the cluster; for a merged proposal, the sum of its"
+        " parts."
+    )
     signal_counts: dict[str, int] = Field(
         default_factory=dict, description="How often each failure reason occurs in the cluster."
     )
@@ -59,6 +71,11 @@ class Evidence(BaseModel):
     related_cluster_ids: list[str] = Field(
         default_factory=list,
         description="Other clusters whose evidence calls for the same refinement, merged in.",
+    )
+    parts: list[EvidencePart] = Field(
+        default_factory=list,
+        description="Every cluster merged into this proposal, the anchor (cluster_id) first, with"
+        " its topic and count; empty when the proposal covers one cluster.",
     )
     title: str | None = Field(
         None, description="Short title of the cluster from a language model, if one is configured."

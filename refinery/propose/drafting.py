@@ -1,10 +1,14 @@
 """Deterministic templates: a cluster's evidence -> the refinement it calls for, or None.
 
-Pure functions over plain data; no database. The choice, in order of strength of evidence:
-1. users supplied target answers (corrections)       -> fine-tuning dataset
-2. retrieval found nothing useful, or the model said it did not know -> new RAG source
-3. feedback complains about a behaviour (length, tone, format, language) -> system prompt edit
-A cluster with none of these gets no proposal: a reviewer cannot act on "users were unhappy".
+Pure functions over plain data; no database. Each kind is backed by its own evidence on members:
+- users supplied target answers (corrections)       -> fine-tuning dataset
+- retrieval found nothing useful, or the model said it did not know -> new RAG source
+- feedback complains about a behaviour (length, tone, format, language) -> system prompt edit
+The kind is the one whose evidence most members carry, among those whose share reaches its
+minimum (and, for a dataset, with enough distinct target answers): a failure mode is what most
+of its cluster says, not what a few neighbouring interactions that landed in it say. Ties go to
+the order above (the more specific evidence). A cluster with none of these gets no proposal: a
+reviewer cannot act on "users were unhappy".
 """
 
 from __future__ import annotations
@@ -52,6 +56,9 @@ class DraftInput:
     retrieval_low_score: float
     retrieval_gap_fraction: float
     min_corrections: int
+    # Least share of members whose evidence a fine-tune or prompt edit needs (RAG has
+    # retrieval_gap_fraction): below it, the evidence is a few members, not the failure mode.
+    min_evidence_share: float = 0.25
     extras: dict = field(default_factory=dict)
 
 
@@ -75,7 +82,9 @@ class BehaviourRule:
 BEHAVIOUR_RULES = [
     BehaviourRule(
         "length",
-        re.compile(r"too long|verbose|wordy|shorter|concise|tl;?dr|rambl|wall of text|to the point", re.I),
+        re.compile(
+            r"too long|verbose|wordy|shorter|concise|tl;?dr|rambl|wall of text|to the point", re.I
+        ),
         "Keep answers brief: lead with the answer in one or two sentences, then at most five "
         "short steps. Offer more detail only if the user asks for it.",
     ),
@@ -92,7 +101,9 @@ BEHAVIOUR_RULES = [
     ),
     BehaviourRule(
         "format",
-        re.compile(r"bullet|numbered|list|step[- ]by[- ]step|formatting|format|table|markdown", re.I),
+        re.compile(
+            r"bullet|numbered|list|step[- ]by[- ]step|formatting|format|table|markdown", re.I
+        ),
         "Format multi-step instructions as a numbered list, one action per step.",
     ),
     BehaviourRule(
@@ -108,7 +119,7 @@ BEHAVIOUR_RULES = [
 def retrieval_gap_counts(members: list[MemberEvidence], low_score: float) -> dict[str, int]:
     counts = {"no_sources": 0, "low_retrieval_score": 0, "admits_not_knowing": 0, "any_gap": 0}
     for m in members:
-        scores = [s.get("score") for s in m.sources if s.get("score") is not None]
+        scores = [float(s["score"]) for s in m.sources if s.get("score") is not None]
         gap = False
         if not m.sources:
             counts["no_sources"] += 1
@@ -144,27 +155,92 @@ def target_answers(members: list[MemberEvidence]) -> dict[str, tuple[str, str]]:
     return targets
 
 
+@dataclass(frozen=True)
+class KindEvidence:
+    """How many members carry each kind's evidence."""
+
+    members: int
+    corrected: int  # members with a user correction
+    targets: dict[str, tuple[str, str]]  # distinct corrected queries -> target answers
+    gaps: dict[str, int]
+    behaviours: Counter[str]
+
+    @property
+    def top_behaviour(self) -> tuple[str, int] | None:
+        if not self.behaviours:
+            return None
+        return min(self.behaviours.items(), key=lambda kv: (-kv[1], kv[0]))
+
+    def summary(self) -> str:
+        """The shares behind the choice of kind, for the rationale."""
+        n = self.members
+        gaps = self.gaps["any_gap"]
+        rest = f"{self.corrected} carry a user correction; {gaps} show a retrieval gap."
+        top = self.top_behaviour
+        if top is None:
+            return f"Of {n} failing interactions, none complains about a behaviour; {rest}"
+        return f"{top[1]} of {n} failing interactions complain about {top[0]}; {rest}"
+
+
+def kind_evidence(data: DraftInput) -> KindEvidence:
+    corrected = sum(
+        any(kind == "correction" and text and text.strip() for kind, _, text in m.feedback)
+        for m in data.members
+    )
+    return KindEvidence(
+        members=len(data.members),
+        corrected=corrected,
+        targets=target_answers(data.members),
+        gaps=retrieval_gap_counts(data.members, data.retrieval_low_score),
+        behaviours=behaviour_counts(data.members),
+    )
+
+
 def draft(
     data: DraftInput,
 ) -> FineTuneDatasetProposal | RagSourceProposal | SystemPromptEditProposal | None:
-    targets = target_answers(data.members)
-    if len(targets) >= data.min_corrections:
-        return _fine_tune(data, targets)
-    gaps = retrieval_gap_counts(data.members, data.retrieval_low_score)
-    if data.members and gaps["any_gap"] / len(data.members) >= data.retrieval_gap_fraction:
-        return _rag_source(data, gaps)
-    behaviours = behaviour_counts(data.members)
-    if behaviours:
-        name, _ = min(behaviours.items(), key=lambda kv: (-kv[1], kv[0]))
-        return _prompt_edit(data, next(r for r in BEHAVIOUR_RULES if r.name == name), behaviours)
+    if not data.members:
+        return None
+    ev = kind_evidence(data)
+    n = len(data.members)
+    top = ev.top_behaviour
+    # (share, tie-break rank, kind): the order of strength of evidence breaks ties.
+    candidates: list[tuple[float, int, str]] = []
+    if ev.corrected / n >= data.min_evidence_share and len(ev.targets) >= data.min_corrections:
+        candidates.append((ev.corrected / n, 0, "fine_tune"))
+    if ev.gaps["any_gap"] / n >= data.retrieval_gap_fraction:
+        candidates.append((ev.gaps["any_gap"] / n, 1, "rag"))
+    if top is not None and top[1] / n >= data.min_evidence_share:
+        candidates.append((top[1] / n, 2, "prompt_edit"))
+    for _, _, kind in sorted(candidates, key=lambda c: (-c[0], c[1])):
+        if kind == "fine_tune":
+            return _fine_tune(data, ev)
+        if kind == "rag":
+            return _rag_source(data, ev)
+        assert top is not None
+        proposal = _prompt_edit(data, next(r for r in BEHAVIOUR_RULES if r.name == top[0]), ev)
+        if proposal is not None:
+            return proposal
     return None
+
+
+def _merged_note(data: DraftInput) -> str:
+    parts = data.evidence.parts
+    if len(parts) < 2:
+        return ""
+    return (
+        f" Merged from {len(parts)} clusters of this topic: "
+        + "; ".join(f"{p.label or p.cluster_id} ({p.size})" for p in parts)
+        + "."
+    )
 
 
 def _topic(data: DraftInput) -> str:
     return " ".join(data.keywords[:3]) or "uncategorized"
 
 
-def _fine_tune(data: DraftInput, targets: dict[str, tuple[str, str]]) -> FineTuneDatasetProposal:
+def _fine_tune(data: DraftInput, ev: KindEvidence) -> FineTuneDatasetProposal:
+    targets = ev.targets
     lines = [
         json.dumps(
             {
@@ -184,15 +260,18 @@ def _fine_tune(data: DraftInput, targets: dict[str, tuple[str, str]]) -> FineTun
         cluster_id=data.cluster_id,
         title=f"Fine-tune on {len(lines)} corrected answers about “{_topic(data)}”",
         rationale=(
-            f"{len(targets)} distinct queries in this cluster received a user correction; "
-            "the corrections are the target answers."
+            f"{len(targets)} distinct queries received a user correction; the corrections are the "
+            f"target answers. {ev.summary()}{_merged_note(data)}"
         ),
         evidence=data.evidence,
-        artifact=FineTuneDataset(system_prompt=data.prompt_text, rows=len(lines), jsonl="\n".join(lines) + "\n"),
+        artifact=FineTuneDataset(
+            system_prompt=data.prompt_text, rows=len(lines), jsonl="\n".join(lines) + "\n"
+        ),
     )
 
 
-def _rag_source(data: DraftInput, gaps: dict[str, int]) -> RagSourceProposal:
+def _rag_source(data: DraftInput, ev: KindEvidence) -> RagSourceProposal:
+    gaps = ev.gaps
     queries = list(dict.fromkeys(m.query for m in data.members))[:10]
     topic = _topic(data)
     must_cover = [f"Answer: {q}" for q in queries[:5]]
@@ -204,7 +283,8 @@ def _rag_source(data: DraftInput, gaps: dict[str, int]) -> RagSourceProposal:
         rationale=(
             f"{gaps['any_gap']} of {len(data.members)} failing interactions had no retrieved "
             f"sources ({gaps['no_sources']}), only weak matches ({gaps['low_retrieval_score']}), "
-            f"or a response admitting it did not know ({gaps['admits_not_knowing']})."
+            f"or a response admitting it did not know ({gaps['admits_not_knowing']}). "
+            f"{ev.summary()}{_merged_note(data)}"
         ),
         evidence=data.evidence,
         artifact=RagSourceManifest(
@@ -217,7 +297,7 @@ def _rag_source(data: DraftInput, gaps: dict[str, int]) -> RagSourceProposal:
 
 
 def _prompt_edit(
-    data: DraftInput, rule: BehaviourRule, behaviours: Counter[str]
+    data: DraftInput, rule: BehaviourRule, ev: KindEvidence
 ) -> SystemPromptEditProposal | None:
     if rule.instruction in data.prompt_text:
         return None  # already says it; the problem lies elsewhere
@@ -235,10 +315,7 @@ def _prompt_edit(
         app_id=data.app_id,
         cluster_id=data.cluster_id,
         title=f"System prompt: address “{rule.name}” complaints on “{_topic(data)}”",
-        rationale=(
-            f"{behaviours[rule.name]} of {len(data.members)} failing interactions carry feedback "
-            f"about {rule.name}."
-        ),
+        rationale=f"{ev.summary()}{_merged_note(data)}",
         evidence=data.evidence,
         artifact=SystemPromptEdit(
             prompt_name=data.prompt_name,

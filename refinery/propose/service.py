@@ -20,15 +20,26 @@ from sqlalchemy.orm import Session
 from refinery.embed.service import vectors_from_rows
 from refinery.ops.metrics import PROPOSALS, after_commit
 from refinery.propose.drafting import DraftInput, MemberEvidence, draft
+from refinery.propose.topics import TopicVectors, group_same_topic
 from refinery.review.transitions import record_audit
 from refinery.settings import Settings
-from refinery.store.models import AuditEntry, Cluster, Embedding, Feedback, Interaction, ProposalRow, utcnow
+from refinery.store.models import (
+    AuditEntry,
+    Cluster,
+    Embedding,
+    Feedback,
+    Interaction,
+    ProposalRow,
+    utcnow,
+)
 from refinery.store.prompts import current_prompt
 from schemas.proposals import (
     Evidence,
     EvidenceExample,
+    EvidencePart,
     FeedbackSummary,
     FineTuneDatasetProposal,
+    ProposalKind,
     ProposalStatus,
     RagSourceProposal,
     SystemPromptEditProposal,
@@ -52,17 +63,21 @@ class ProposeResult:
 def propose_for_app(session: Session, app_id: str, settings: Settings, model: str) -> ProposeResult:
     result = ProposeResult()
     clusters = session.scalars(
-        select(Cluster).where(Cluster.app_id == app_id, Cluster.active.is_(True)).order_by(Cluster.id)
+        select(Cluster)
+        .where(Cluster.app_id == app_id, Cluster.active.is_(True))
+        .order_by(Cluster.id)
     ).all()
-    drafts: list[tuple[Cluster, DraftInput]] = []
+    drafts: list[ClusterDraft] = []
     for cluster in clusters:
         if cluster.size < settings.proposal_min_failures:
             result.skipped_clusters.append(cluster.id)
             continue
-        drafts.append((cluster, _draft_input(session, cluster, settings, model)))
+        drafts.append(_draft_input(session, cluster, settings, model))
     produced: set[tuple[str, str]] = set()
     transitions: Counter[tuple[str, str]] = Counter()  # (kind, status entered) -> proposals
-    for cluster, proposal in _merge_same_prompt_edits(drafts, result):
+    for cluster, proposal in _one_proposal_per_failure_mode(
+        drafts, settings.proposal_merge_topic_closeness, result
+    ):
         kind = proposal.kind.value
         produced.add((cluster.id, kind))
         before = len(result.created)
@@ -72,13 +87,23 @@ def propose_for_app(session: Session, app_id: str, settings: Settings, model: st
     # Pending proposals the current evidence no longer calls for: their cluster was retired or
     # merged, or its refinement now comes from another cluster's proposal.
     for row in session.scalars(
-        select(ProposalRow).where(ProposalRow.app_id == app_id, ProposalRow.status == ProposalStatus.PENDING)
+        select(ProposalRow).where(
+            ProposalRow.app_id == app_id, ProposalRow.status == ProposalStatus.PENDING
+        )
     ):
         if (row.cluster_id, row.kind) not in produced and _guarded_update(
             session, row, status=ProposalStatus.SUPERSEDED
         ):
-            record_audit(session, row.id, SYSTEM_ACTOR, "supersede", "pending", "superseded", "ok",
-                         "its cluster was merged or retired, or the evidence changed")
+            record_audit(
+                session,
+                row.id,
+                SYSTEM_ACTOR,
+                "supersede",
+                "pending",
+                "superseded",
+                "ok",
+                "its cluster was merged or retired, or the evidence changed",
+            )
             result.superseded.append(row.id)
             transitions[(row.kind, ProposalStatus.SUPERSEDED)] += 1
     session.flush()
@@ -122,35 +147,68 @@ def _edited_by_a_reviewer(session: Session, proposal_id: str) -> bool:
     )
 
 
-def _merge_same_prompt_edits(
-    drafts: list[tuple[Cluster, DraftInput]], result: ProposeResult
+@dataclass
+class ClusterDraft:
+    cluster: Cluster
+    data: DraftInput
+    topic: TopicVectors | None  # its members' vectors; None when none are embedded
+
+
+def _refinement_key(proposal: AnyProposal) -> tuple[str, ...]:
+    """Drafts with equal keys propose the same kind of change to the same target."""
+    if isinstance(proposal, SystemPromptEditProposal):
+        return (proposal.kind.value, proposal.artifact.prompt_name, proposal.artifact.instruction)
+    if isinstance(proposal, FineTuneDatasetProposal):
+        return (proposal.kind.value, proposal.artifact.system_prompt)
+    return (proposal.kind.value,)
+
+
+def _one_proposal_per_failure_mode(
+    drafts: list[ClusterDraft], min_topic_closeness: float, result: ProposeResult
 ) -> list[tuple[Cluster, AnyProposal]]:
-    """One behaviour (say, answers that are too long) often spans several query topics. Clusters
-    whose drafts add the same instruction to the same prompt become one proposal, owned by the
-    largest cluster: reviewers approve one edit, not several copies of it."""
+    """Clusters of one failure mode reach reviewers as one proposal, owned by the largest of them
+    (the same clusters always give the same owner, so the upsert keyed by (cluster, kind) stays
+    idempotent, and the parts' own pending proposals are superseded as no longer produced).
+
+    - Prompt edits adding the same instruction to the same prompt merge whatever their topics:
+      one behaviour (say, answers that are too long) often spans several query topics, and
+      reviewers approve one edit, not several copies of it.
+    - Datasets and knowledge sources merge only when their clusters are one topic split in two
+      (refinery.propose.topics): gaps on different topics need different sources.
+    """
     out: list[tuple[Cluster, AnyProposal]] = []
-    edits: dict[tuple[str, str], list[tuple[Cluster, DraftInput]]] = {}
-    for cluster, data in drafts:
-        proposal = draft(data)
+    by_refinement: dict[tuple[str, ...], list[ClusterDraft]] = {}
+    for d in drafts:
+        proposal = draft(d.data)
         if proposal is None:
-            result.skipped_clusters.append(cluster.id)
-        elif isinstance(proposal, SystemPromptEditProposal):
-            key = (proposal.artifact.prompt_name, proposal.artifact.instruction)
-            edits.setdefault(key, []).append((cluster, data))
+            result.skipped_clusters.append(d.cluster.id)
         else:
-            out.append((cluster, proposal))
-    for group in edits.values():
-        group.sort(key=lambda cd: (-cd[0].size, cd[0].id))
-        primary, data = group[0]
-        if len(group) > 1:
-            data = _merged_input([d for _, d in group])
-        proposal = draft(data)
-        assert proposal is not None
-        out.append((primary, proposal))
+            by_refinement.setdefault(_refinement_key(proposal), []).append(d)
+    for key, same in by_refinement.items():
+        if key[0] == ProposalKind.SYSTEM_PROMPT_EDIT:
+            groups = [list(range(len(same)))]
+        else:
+            groups = group_same_topic([d.topic for d in same], min_topic_closeness)
+        for indexes in groups:
+            parts = sorted(
+                (same[i] for i in indexes), key=lambda d: (-d.cluster.size, d.cluster.id)
+            )
+            merged = draft(_merged_input([d.data for d in parts])) if len(parts) > 1 else None
+            if merged is not None and _refinement_key(merged) == key:
+                out.append((parts[0].cluster, merged))
+                continue
+            # Single cluster, or (defensively) pooled evidence that no longer calls for the same
+            # refinement: each part proposes on its own.
+            for d in parts:
+                own = draft(d.data)
+                assert own is not None
+                out.append((d.cluster, own))
     return out
 
 
 def _merged_input(inputs: list[DraftInput]) -> DraftInput:
+    """One draft input from several clusters' (anchor first): members pooled, so every count in
+    the title and rationale is over the merged population, and each part listed with its topic."""
     primary = inputs[0]
     keyword_counts: Counter[str] = Counter()
     for data in inputs:
@@ -161,12 +219,27 @@ def _merged_input(inputs: list[DraftInput]) -> DraftInput:
         signals.update(data.evidence.signal_counts)
     examples = list(primary.evidence.examples)
     examples += [d.evidence.examples[0] for d in inputs[1:] if d.evidence.examples]
+    trend: Counter = Counter()
+    for data in inputs:
+        # Buckets are aligned to the epoch, so equal starts are the same bucket in every cluster.
+        for bucket in data.evidence.trend:
+            trend[bucket.start] += bucket.count
     evidence = primary.evidence.model_copy(
         update={
             "size": sum(d.evidence.size for d in inputs),
             "signal_counts": dict(sorted(signals.items())),
             "examples": examples,
             "related_cluster_ids": [d.cluster_id for d in inputs[1:]],
+            "parts": [
+                EvidencePart(
+                    cluster_id=d.cluster_id,
+                    label=d.evidence.label,
+                    keywords=list(d.evidence.keywords),
+                    size=d.evidence.size,
+                )
+                for d in inputs
+            ],
+            "trend": [TrendBucket(start=start, count=n) for start, n in sorted(trend.items())],
         }
     )
     return replace(
@@ -177,7 +250,9 @@ def _merged_input(inputs: list[DraftInput]) -> DraftInput:
     )
 
 
-def _upsert(session: Session, cluster: Cluster, proposal: AnyProposal, result: ProposeResult) -> None:
+def _upsert(
+    session: Session, cluster: Cluster, proposal: AnyProposal, result: ProposeResult
+) -> None:
     payload = proposal.model_dump(mode="json")
     fingerprint = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
     kind = proposal.kind.value
@@ -201,15 +276,25 @@ def _upsert(session: Session, cluster: Cluster, proposal: AnyProposal, result: P
         ):
             result.unchanged.append(open_row.id)  # a reviewer decided it meanwhile
             return
-        record_audit(session, open_row.id, SYSTEM_ACTOR, "refresh", "pending", "pending", "ok",
-                     "evidence changed")
+        record_audit(
+            session,
+            open_row.id,
+            SYSTEM_ACTOR,
+            "refresh",
+            "pending",
+            "pending",
+            "ok",
+            "evidence changed",
+        )
         result.updated.append(open_row.id)
         return
     decided = session.scalar(
         select(ProposalRow.id).where(
             ProposalRow.cluster_id == cluster.id,
             ProposalRow.kind == kind,
-            ProposalRow.status.in_([ProposalStatus.APPROVED, ProposalStatus.REJECTED, ProposalStatus.APPLIED]),
+            ProposalRow.status.in_(
+                [ProposalStatus.APPROVED, ProposalStatus.REJECTED, ProposalStatus.APPLIED]
+            ),
         )
     )
     if decided is not None:
@@ -233,17 +318,23 @@ def _upsert(session: Session, cluster: Cluster, proposal: AnyProposal, result: P
     result.created.append(row.id)
 
 
-def _draft_input(session: Session, cluster: Cluster, settings: Settings, model: str) -> DraftInput:
+def _draft_input(
+    session: Session, cluster: Cluster, settings: Settings, model: str
+) -> ClusterDraft:
     rows = session.execute(
         select(Interaction, Embedding.vector, Embedding.dim)
-        .join(Embedding, (Embedding.text_hash == Interaction.query_hash) & (Embedding.model == model))
+        .join(
+            Embedding, (Embedding.text_hash == Interaction.query_hash) & (Embedding.model == model)
+        )
         .where(Interaction.cluster_id == cluster.id, Interaction.failing.is_(True))
         .order_by(Interaction.id)
     ).all()
     interactions = [r[0] for r in rows]
+    topic: TopicVectors | None = None
     # Representative first: closest to the centroid.
     if rows:
         vectors = vectors_from_rows([r.vector for r in rows], rows[0].dim)
+        topic = TopicVectors.of(vectors)
         centroid = np.frombuffer(cluster.centroid, dtype=np.float32)
         order = np.argsort(-(vectors @ centroid), kind="stable")
         interactions = [interactions[i] for i in order]
@@ -303,7 +394,7 @@ def _draft_input(session: Session, cluster: Cluster, settings: Settings, model: 
         emerging_reason=cluster.emerging_reason,
         region_failure_rate=cluster.region_failure_rate,
     )
-    return DraftInput(
+    data = DraftInput(
         app_id=cluster.app_id,
         cluster_id=cluster.id,
         keywords=list(cluster.keywords or []),
@@ -315,4 +406,6 @@ def _draft_input(session: Session, cluster: Cluster, settings: Settings, model: 
         retrieval_low_score=settings.retrieval_low_score,
         retrieval_gap_fraction=settings.retrieval_gap_fraction,
         min_corrections=settings.proposal_min_corrections,
+        min_evidence_share=settings.proposal_min_evidence_share,
     )
+    return ClusterDraft(cluster=cluster, data=data, topic=topic)
