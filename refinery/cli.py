@@ -162,6 +162,64 @@ def cmd_demo(settings: Settings, _: argparse.Namespace) -> int:
     return run_demo(settings)
 
 
+def cmd_scenario(settings: Settings, args: argparse.Namespace) -> int:
+    """Plant failure modes of a labelled set, run the real roles on it, score the queue."""
+    import tempfile
+    from pathlib import Path
+
+    from refinery.scenario.plant import PlantConfig, load_labelled, plant
+    from refinery.scenario.run import run_scenario
+
+    if settings.redis_url is None:
+        print("refinery scenario runs the production roles: it needs REDIS_URL", file=sys.stderr)
+        return 2
+    try:
+        labelled = load_labelled(Path(args.dataset))
+        config = PlantConfig(failing_intents=args.failing_intents, healthy=args.healthy)
+        scenario = plant(labelled, app_id=args.app_id, config=config)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    broker = None
+    if settings.kafka_bootstrap_servers is None:
+        from refinery.kafka.embedded import start_embedded_broker
+
+        broker = start_embedded_broker()
+        print(f"Kafka: embedded Tansu broker (memory only) at {broker.bootstrap_servers}")
+    services = {
+        name.upper(): str(getattr(settings, name))
+        for name in ("redis_url", "database_url", "topic_interactions", "topic_feedback",
+                     "topic_dead_letter", "topic_approved", "ingest_group_id")
+    }  # fmt: skip
+    services["KAFKA_BOOTSTRAP_SERVERS"] = (
+        broker.bootstrap_servers if broker else str(settings.kafka_bootstrap_servers)
+    )
+    print(
+        f"planted {len(scenario.planted)} failing intents among {len(scenario.interactions)} "
+        f"interactions ({len(scenario.feedback)} feedback events) for app {args.app_id}"
+    )
+    try:
+        with tempfile.TemporaryDirectory(prefix="refinery-scenario-") as tmp:
+            run = run_scenario(scenario, services, workdir=Path(tmp), timeout_s=args.timeout)
+    finally:
+        if broker is not None:
+            broker.stop()
+    print(f"\n{'INTENT':32} {'EXPECTED':20} {'FOUND':20} {'PURITY':>6} {'COVERAGE':>8}")
+    score = run.score
+    for s in score.intents:
+        found = s.kind if s.recalled else "-"
+        print(f"{s.intent[:32]:32} {s.expected_kind:20} {found:20} {s.purity:6.2f} "
+              f"{s.coverage:8.2f}")  # fmt: skip
+    complete = run.seconds_to_complete_queue
+    when = "not within the time limit" if complete is None else f"{complete} s after the last event"
+    print(f"\nrecalled {score.recalled}/{len(score.intents)}, kinds right {score.kinds_right}, "
+          f"impure clusters {score.impure_clusters}/{score.clusters}, redundant {score.redundant}, "
+          f"spurious {score.spurious}; queue complete {when}")  # fmt: skip
+    misses = score.misses()
+    print("targets met" if not misses else "missed: " + "; ".join(misses))
+    return 0 if not misses and complete is not None else 1
+
+
 def cmd_produce(settings: Settings, args: argparse.Namespace) -> int:
     """Send JSON lines from a file (or stdin) to a topic: a producer for smoke tests."""
     from refinery.kafka.clients import make_producer
@@ -436,6 +494,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("relay", help="publish approved refinements (outbox) to Kafka").set_defaults(func=cmd_relay)
     sub.add_parser("demo", help="run the pipeline end to end on a synthetic app").set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "scenario",
+        help="plant failure modes of a labelled query set, run the real roles, score the queue",
+    )
+    p.add_argument("dataset", help="JSON: [[text, intent], ...] or {split: [[text, intent], ...]}")
+    p.add_argument("--failing-intents", type=int, default=8, help="intents planted as failing")
+    p.add_argument("--healthy", type=int, default=1000, help="healthy interactions")
+    p.add_argument("--app-id", default="scenario", help="the app the events belong to")
+    p.add_argument("--timeout", type=float, default=600, help="seconds to wait for the queue")
+    p.set_defaults(func=cmd_scenario)
 
     p = sub.add_parser("produce", help="send JSON-lines events to a topic")
     p.add_argument("topic", choices=["interactions", "feedback"])

@@ -19,10 +19,12 @@ producing a scenario twice changes nothing downstream.
 
 from __future__ import annotations
 
+import json
 import random
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 FAILURE_MODES = ("knowledge_gap", "behaviour", "correction")
 EXPECTED_KIND = {
@@ -151,6 +153,21 @@ def plant(
                 _feedback(tag, len(scenario.feedback), event, kind, value, comment, at + offset)
             )
     return scenario
+
+
+def load_labelled(path: Path) -> list[tuple[str, str]]:
+    """`(text, intent)` pairs from a JSON file: a list of `[text, intent]` pairs, or an object
+    of such lists by split (CLINC150's layout; every split is used, "oos" ones excepted)."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(data, dict):
+        splits = [v for k, v in sorted(data.items()) if "oos" not in k and isinstance(v, list)]
+        data = [pair for split in splits for pair in split]
+    if not isinstance(data, list) or not all(
+        isinstance(p, list | tuple) and len(p) == 2 and all(isinstance(x, str) for x in p)
+        for p in data
+    ):
+        raise ValueError(f"{path}: expected a JSON list of [text, intent] pairs")
+    return [(text, intent) for text, intent in data]
 
 
 def from_labelled_events(

@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from kafka import KafkaProducer
 from sqlalchemy import func, select
 
+from refinery.kafka.clients import make_producer
 from refinery.scenario.plant import Scenario
 from refinery.scenario.roles import Roles
 from refinery.scenario.score import OPEN_STATUSES, QueueScore, score_queue
+from refinery.settings import Settings
 from refinery.store.db import session_scope
 from refinery.store.models import ClusterRun, Interaction, ProposalRow
 
@@ -64,13 +65,10 @@ def run_scenario(
 
 
 def _produce(scenario: Scenario, services: dict[str, str]) -> int:
-    topics = {
-        "interaction": services.get("TOPIC_INTERACTIONS", "refinery.interactions"),
-        "feedback": services.get("TOPIC_FEEDBACK", "refinery.feedback"),
-    }
-    producer = KafkaProducer(
-        bootstrap_servers=services["KAFKA_BOOTSTRAP_SERVERS"], acks="all", linger_ms=5
-    )
+    # The producer an app would configure from the same settings (SASL/TLS included).
+    settings = Settings.model_validate({k.lower(): v for k, v in services.items()})
+    topics = {"interaction": settings.topic_interactions, "feedback": settings.topic_feedback}
+    producer = make_producer(settings)
     sent = 0
     try:
         for kind, event in scenario.timeline():
