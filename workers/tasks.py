@@ -22,6 +22,7 @@ from refinery.embed import embedding_model_name
 from refinery.embed.embedder import get_embedder
 from refinery.embed.service import embed_interactions as embed_service
 from refinery.ops.metrics import CLUSTERS
+from refinery.ops.optional import REGION_RATES, optional_step
 from refinery.propose.service import propose_for_app as propose_service
 from refinery.settings import get_settings
 from refinery.signals.orphans import sweep_orphans
@@ -142,7 +143,7 @@ def assign_clusters(app_ids: list[str] | None = None) -> dict:
 )
 def cluster_app(app_id: str) -> dict:
     settings = get_settings()
-    titler = make_titler(settings)
+    titler = make_titler(settings, app_id)
     try:
         with (
             app_lock(app_id),
@@ -170,24 +171,32 @@ def cluster_app(app_id: str) -> dict:
     }
 
 
-@app.task(
-    name="refinery.refresh_region_rates",
-    autoretry_for=RETRYABLE,
-    retry_backoff=True,
-    max_retries=get_settings().celery_task_max_retries,
-)
+@app.task(name="refinery.refresh_region_rates")
 def refresh_region_rates(app_id: str) -> dict:
     """Sample and embed non-failing interactions of the app; store each cluster's region
-    failure rate (refinery.cluster.region). Embeds, so it runs on the embed queue."""
+    failure rate (refinery.cluster.region). Embeds, so it runs on the embed queue.
+
+    An optional step, after the proposals: a failure is recorded (refinery.ops.optional) and left
+    for the app's next refine to try again. When a rate changed, the proposals are drafted again
+    so that their evidence carries it (unchanged drafts are left as they are)."""
     settings = get_settings()
-    with session_scope(settings.database_url) as session:
+    result = None
+    with (
+        optional_step(REGION_RATES, app_id),
+        session_scope(settings.database_url) as session,
+    ):
         result = region_service(session, app_id, settings, get_embedder(settings))
+    if result is None:
+        return {"app_id": app_id, "failed": True}
+    if result.changed:
+        propose_for_app.apply_async(args=(app_id,))
     return {
         "app_id": app_id,
         "sampled": result.sampled,
         "non_failing": result.non_failing,
         "embedded": result.embedded,
         "clusters": len(result.rates or {}),
+        "changed": result.changed,
     }
 
 
@@ -212,18 +221,19 @@ def propose_for_app(app_id: str) -> dict:
 
 @app.task(name="refinery.refine_all_apps")
 def refine_all_apps() -> list[str]:
-    """Beat entry point: re-cluster, refresh region failure rates, then propose, for every app
-    with failing interactions."""
+    """Beat entry point: re-cluster then propose for every app with failing interactions; region
+    failure rates follow as an optional step that never holds the proposals back."""
     settings = get_settings()
     with session_scope(settings.database_url) as session:
         app_ids = sorted(
-            session.scalars(select(Interaction.app_id).where(Interaction.failing.is_(True)).distinct())
+            session.scalars(
+                select(Interaction.app_id).where(Interaction.failing.is_(True)).distinct()
+            )
         )
     for app_id in app_ids:
-        steps = [cluster_app.si(app_id)]
+        steps = [cluster_app.si(app_id), propose_for_app.si(app_id)]
         if settings.region_sample_size > 0:
             steps.append(refresh_region_rates.si(app_id))
-        steps.append(propose_for_app.si(app_id))
         chain(*steps).apply_async()
     return app_ids
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import numpy as np
 from sqlalchemy import false, func, select, true
@@ -26,8 +27,12 @@ from refinery.settings import Settings
 from refinery.store.models import Cluster, Embedding, Interaction, utcnow
 
 _BATCH = 16_384
-_HASH_MULTIPLIER = 2_654_435_761
-_HASH_MODULUS = 2**32
+# The sample's order: Fibonacci hashing of the id modulo a prime, (id mod P) * M mod P. P is the
+# largest prime whose square fits a signed 32-bit integer, so every intermediate value fits the
+# narrowest integer any database computes in (PostgreSQL binds these literals as INTEGER; a 2**32
+# modulus overflowed there). M ~ P / golden ratio (a prime) spreads consecutive ids evenly.
+_HASH_MODULUS = 46_337
+_HASH_MULTIPLIER = 28_657
 
 
 @dataclass
@@ -37,6 +42,8 @@ class RegionResult:
     non_failing: int = 0  # non-failing interactions in the window
     embedded: int = 0  # sample queries the model had to embed
     rates: dict[str, float] | None = None
+    # Whether any cluster's stored rate changed: its proposal evidence is then out of date.
+    changed: bool = False
 
 
 def refresh_region_rates(
@@ -65,10 +72,10 @@ def refresh_region_rates(
         session.scalars(
             select(Interaction.id)
             .where(*healthy)
-            # A fixed pseudo-random order (Knuth's multiplicative hash of the id), not random():
-            # the same traffic gives the same sample, so the rate, and the proposal evidence
-            # carrying it, change only when the traffic does.
-            .order_by((Interaction.id * _HASH_MULTIPLIER) % _HASH_MODULUS, Interaction.id)
+            # A fixed pseudo-random order (a multiplicative hash of the id), not random(): the
+            # same traffic gives the same sample, so the rate, and the proposal evidence carrying
+            # it, change only when the traffic does. Ids equal modulo P tie: the id breaks it.
+            .order_by(sample_order(Interaction.id), Interaction.id)
             .limit(settings.region_sample_size)
         )
     )
@@ -101,12 +108,19 @@ def refresh_region_rates(
     for cluster, f, n in zip(clusters, near_failing, near_sample, strict=True):
         denominator = f + n * scale
         rate = round(float(f / denominator), 3) if denominator > 0 else None
+        if cluster.region_failure_rate != rate:
+            result.changed = True
         cluster.region_failure_rate = rate
         cluster.region_sampled = result.sampled
         if rate is not None:
             result.rates[cluster.id] = rate
     session.flush()
     return result
+
+
+def sample_order(column: Any) -> Any:
+    """The SQL expression ordering the sample; each step stays below 2**31 for any id >= 0."""
+    return ((column % _HASH_MODULUS) * _HASH_MULTIPLIER) % _HASH_MODULUS
 
 
 def _vectors(session: Session, model: str, where: tuple) -> np.ndarray:  # type: ignore[type-arg]

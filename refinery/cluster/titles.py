@@ -1,9 +1,13 @@
 """Optional short cluster titles from an OpenAI-compatible chat endpoint (CLUSTER_TITLE_ENDPOINT).
 
 Off by default and never required: keywords and representative queries are the label; a title is
-a convenience for reviewers. Any failure (network, status, malformed reply) gives no title and a
-warning, never an error in the re-cluster. The queries sent are the stored ones, already redacted;
-the reply is untrusted text, cut to one short line, and escaped wherever it is shown.
+a convenience for reviewers. Any failure (network, status, malformed reply, a bug) gives no title,
+never an error in the re-cluster: the re-cluster task uses `make_titler(settings, app_id)`, an
+`OptionalTitler` that counts the failure once per run as an optional step (refinery.ops.optional),
+stops asking for the rest of that run (an endpoint that is down would cost its timeout per cluster,
+delaying the proposals), and leaves the clusters untitled, so the next re-cluster asks again.
+The queries sent are the stored ones, already redacted; the reply is untrusted text, cut to one
+short line, and escaped wherever it is shown.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import Protocol
 
 import httpx
 
+from refinery.ops.optional import CLUSTER_TITLES, optional_step_failed
 from refinery.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -32,7 +37,16 @@ class Titler(Protocol):
 class ChatTitler:
     """POSTs /chat/completions once per cluster; returns the cleaned title or None."""
 
-    def __init__(self, settings: Settings, client: httpx.Client | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        client: httpx.Client | None = None,
+        *,
+        raise_errors: bool = False,
+    ) -> None:
+        """`raise_errors`: raise request failures (for OptionalTitler to count) instead of
+        warning and returning None."""
+        self._raise_errors = raise_errors
         assert settings.cluster_title_endpoint, "CLUSTER_TITLE_ENDPOINT is unset"
         self._url = settings.cluster_title_endpoint.rstrip("/") + "/chat/completions"
         self._model = settings.cluster_title_model
@@ -44,8 +58,11 @@ class ChatTitler:
         )
 
     def __call__(self, keywords: list[str], queries: list[str]) -> str | None:
-        user = "Keywords: " + ", ".join(keywords) + "\nQueries:\n" + "\n".join(
-            f"- {q[:300]}" for q in queries
+        user = (
+            "Keywords: "
+            + ", ".join(keywords)
+            + "\nQueries:\n"
+            + "\n".join(f"- {q[:300]}" for q in queries)
         )
         body = {
             "model": self._model,
@@ -61,6 +78,8 @@ class ChatTitler:
             response.raise_for_status()
             content = response.json()["choices"][0]["message"]["content"]
         except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as exc:
+            if self._raise_errors:
+                raise
             log.warning("cluster title request failed: %s: %s", type(exc).__name__, exc)
             return None
         return clean_title(content) if isinstance(content, str) else None
@@ -78,5 +97,38 @@ def clean_title(text: str) -> str | None:
     return None
 
 
-def make_titler(settings: Settings) -> ChatTitler | None:
-    return ChatTitler(settings) if settings.cluster_title_endpoint else None
+class OptionalTitler:
+    """A titler as an optional step of one app's re-cluster: the first failure is recorded (one
+    log line with the app, one count) and the rest of the run goes untitled."""
+
+    def __init__(self, inner: Titler, app_id: str) -> None:
+        self._inner = inner
+        self._app_id = app_id
+        self.failed = False
+
+    def __call__(self, keywords: list[str], queries: list[str]) -> str | None:
+        if self.failed:
+            return None
+        try:
+            return self._inner(keywords, queries)
+        except Exception as error:  # noqa: BLE001 - titles are optional, whatever went wrong
+            self.failed = True
+            optional_step_failed(CLUSTER_TITLES, self._app_id, error)
+            return None
+
+    def close(self) -> None:
+        close = getattr(self._inner, "close", None)
+        if close is not None:
+            close()
+
+
+def make_titler(
+    settings: Settings, app_id: str | None = None
+) -> ChatTitler | OptionalTitler | None:
+    """The titler of a re-cluster, None without CLUSTER_TITLE_ENDPOINT. With `app_id`, wrapped as
+    that app's optional step (what the re-cluster task uses)."""
+    if not settings.cluster_title_endpoint:
+        return None
+    if app_id is None:
+        return ChatTitler(settings)
+    return OptionalTitler(ChatTitler(settings, raise_errors=True), app_id)

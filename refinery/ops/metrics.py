@@ -155,6 +155,18 @@ PROPOSALS = Counter(
     registry=REGISTRY,
 )
 
+# Failures of an optional step of an app's refine, by step (region_rates, cluster_titles; see
+# refinery/ops/optional.py). Proposals are drafted without the step and it is tried again on the
+# next refine, so a failure costs freshness of the evidence, not the queue; a steady rate means an
+# endpoint is down or a bug, and the error log (with the app id) says which.
+OPTIONAL_STEP_FAILURES = Counter(
+    "optional_step_failures",
+    "Failures of an optional refine step (proposals went on without it), by step.",
+    ["step"],
+    namespace=_NS,
+    registry=REGISTRY,
+)
+
 # --- review and outbox ----------------------------------------------------------------------
 
 # Every review attempt, by decision asked (approve, reject, edit) and outcome (applied, conflict
