@@ -214,7 +214,36 @@ class Settings(BaseSettings):
     # --- work queue --------------------------------------------------------------------------
     enqueue_batch_size: int = Field(64, description="Failing interactions per embed task.")
     celery_task_max_retries: int = Field(5, description="Retries of a task on a transient error.")
-    refine_interval_s: float = Field(300.0, description="Beat period of the cluster + propose pass.")
+    refine_interval_s: float = Field(
+        300.0,
+        description="Beat period of the periodic refine (re-cluster + propose, then region rates)"
+        " of every app: the safety net behind the refine that new failing queries request.",
+    )
+    refine_debounce_s: float = Field(
+        5.0,
+        ge=0,
+        description="Quiet time after an app's last newly placed failing query before its refine"
+        " (re-cluster + propose) runs, so a burst costs one run (Redis mode; eager mode has no"
+        " background refine).",
+    )
+    refine_min_interval_s: float = Field(
+        15.0,
+        ge=0,
+        description="Fewest seconds between the starts of two refines of one app: the ceiling on"
+        " how often new traffic re-clusters it.",
+    )
+    refine_max_delay_s: float = Field(
+        30.0,
+        ge=0,
+        description="Longest a newly placed failing query waits for its app's refine while a"
+        " burst keeps arriving (the debounce never starves a continuous stream).",
+    )
+    refine_lock_ttl_s: float = Field(
+        30.0,
+        gt=0,
+        description="TTL of an app's refine flag and of its app and cluster locks, renewed every"
+        " third of it while the holder runs: a killed worker frees the app within this long.",
+    )
 
     # --- embedding ---------------------------------------------------------------------------
     embedding_model_path: str | None = Field(

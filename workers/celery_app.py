@@ -38,6 +38,9 @@ def configure(app: Celery, settings: Settings) -> Celery:
             "refinery.cluster_app": {"queue": "cluster"},
             "refinery.propose_for_app": {"queue": "propose"},
             "refinery.refine_all_apps": {"queue": "cluster"},
+            # The debounced refine (re-cluster + propose in one task, workers/scheduling.py): the
+            # cluster queue; its "not yet due" answers cost a message, not a waiting worker.
+            "refinery.refine_app": {"queue": "cluster"},
             # The assignment sweep is milliseconds of FAISS search and carries no ids: not behind
             # a long re-cluster (cluster queue) nor an embedding backlog (embed queue), but on the
             # propose queue of the same stateless workers. The per-app cluster lock keeps it a

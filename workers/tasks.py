@@ -7,10 +7,12 @@ loads lazily once per worker process (refinery.embed.embedder.get_embedder).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-from celery import chain
+from celery import Task, chain
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
@@ -30,6 +32,10 @@ from refinery.signals.sessions import analyze_sessions, sweep_abandoned
 from refinery.store.db import session_scope
 from refinery.store.models import Interaction
 from workers.celery_app import app
+from workers.scheduling import RefineScheduler, renewing_lock
+
+if TYPE_CHECKING:
+    import redis
 
 log = logging.getLogger(__name__)
 
@@ -37,49 +43,98 @@ log = logging.getLogger(__name__)
 RETRYABLE = (OperationalError, ConnectionError, TimeoutError)
 
 
-@contextlib.contextmanager
-def app_lock(app_id: str) -> Iterator[None]:
-    """Single writer per app for clustering and proposing (Redis lock; eager mode needs none)."""
-    settings = get_settings()
-    if settings.redis_url is None:
-        yield
-        return
+# A lock another task holds for longer than this is a re-cluster or a proposal run: worth a
+# countdown, not a wait in a worker slot. Streaming assignment holds the cluster lock for
+# milliseconds, well within it.
+LOCK_WAIT_S = 2.0
+# Tries of a task that found its app's locks taken (one per REFINE_DEBOUNCE_S, at least 1 s):
+# enough to outwait the longest re-cluster; apart from the retries on transient errors.
+LOCK_RETRIES = 720
+
+
+@functools.lru_cache(maxsize=4)
+def _redis(url: str) -> redis.Redis:
     import redis
 
-    client = redis.Redis.from_url(settings.redis_url)
-    with client.lock(f"refinery:app-lock:{app_id}", timeout=600, blocking_timeout=600):
-        yield
+    return redis.Redis.from_url(url)
+
+
+def _scheduler() -> RefineScheduler | None:
+    """The refine scheduler, or None in eager mode (no Redis: nothing runs in the background)."""
+    settings = get_settings()
+    if settings.redis_url is None:
+        return None
+    return RefineScheduler(_redis(settings.redis_url), settings)
+
+
+def _lock_countdown() -> float:
+    return max(get_settings().refine_debounce_s, 1.0)
+
+
+@contextlib.contextmanager
+def app_lock(app_id: str, *, wait_s: float | None = None) -> Iterator[bool]:
+    """Single writer per app for clustering and proposing. Yields whether it was acquired within
+    `wait_s` (None: however long it takes). A short TTL renewed while held (REFINE_LOCK_TTL_S):
+    a killed holder frees the app within it. Eager mode needs none."""
+    settings = get_settings()
+    if settings.redis_url is None:
+        yield True
+        return
+    with renewing_lock(
+        _redis(settings.redis_url),
+        f"refinery:app-lock:{app_id}",
+        ttl_s=settings.refine_lock_ttl_s,
+        wait_s=wait_s,
+    ) as acquired:
+        yield acquired
 
 
 @contextlib.contextmanager
 def cluster_lock(app_id: str, *, wait_s: float | None = None) -> Iterator[bool]:
     """Single writer of an app's clusters and interactions.cluster_id: the re-cluster and
     streaming assignment. Yields whether it was acquired: with `wait_s` set, gives up after that
-    long (assignment then leaves its queries due, for the sweep). Eager mode needs none."""
+    long (assignment then leaves its queries due, for the sweep). Same short, renewed TTL as
+    `app_lock`. Eager mode needs none."""
     settings = get_settings()
     if settings.redis_url is None:
         yield True
         return
-    import redis
-
-    client = redis.Redis.from_url(settings.redis_url)
-    lock = client.lock(
+    with renewing_lock(
+        _redis(settings.redis_url),
         f"refinery:cluster-lock:{app_id}",
-        timeout=600,
-        blocking_timeout=600 if wait_s is None else wait_s,
-    )
-    if not lock.acquire():
-        yield False
+        ttl_s=settings.refine_lock_ttl_s,
+        wait_s=wait_s,
+    ) as acquired:
+        yield acquired
+
+
+@contextlib.contextmanager
+def _refine_locks(app_id: str, *, cluster: bool) -> Iterator[bool]:
+    """The app lock (and, for a re-cluster, the cluster lock), each waited for LOCK_WAIT_S at
+    most. Yields whether both are held."""
+    with app_lock(app_id, wait_s=LOCK_WAIT_S) as app_held:
+        if not app_held or not cluster:
+            yield app_held
+            return
+        with cluster_lock(app_id, wait_s=LOCK_WAIT_S) as cluster_held:
+            yield cluster_held
+
+
+def request_refine(app_ids: list[str], *, urgent: bool = False) -> None:
+    """Ask for a refine of these apps (workers.scheduling: debounced, one at a time per app);
+    `urgent`: due now (the periodic pass). Eager mode: nothing (no background refine)."""
+    scheduler = _scheduler()
+    if scheduler is None:
         return
-    try:
-        yield True
-    finally:
-        with contextlib.suppress(redis.exceptions.LockError):  # expired under a very long run
-            lock.release()
+    for app_id in app_ids:
+        countdown = scheduler.request(app_id, urgent=urgent)
+        if countdown is not None:
+            refine_app.apply_async(args=(app_id,), countdown=countdown)
 
 
 def _assign(app_ids: list[str], *, wait_s: float) -> list[AssignResult]:
-    """Streaming assignment of every due, embedded failing query of these apps."""
+    """Streaming assignment of every due, embedded failing query of these apps; apps that got new
+    failing queries placed (in a cluster or the outlier pool) get a refine requested."""
     settings = get_settings()
     model = embedding_model_name(settings)
     results = []
@@ -90,6 +145,7 @@ def _assign(app_ids: list[str], *, wait_s: float) -> list[AssignResult]:
                 continue
             with session_scope(settings.database_url) as session:
                 results.append(assign_due(session, app_id, settings, model))
+    request_refine([r.app_id for r in results if r.assigned or r.outliers])
     return results
 
 
@@ -135,21 +191,12 @@ def assign_clusters(app_ids: list[str] | None = None) -> dict:
     }
 
 
-@app.task(
-    name="refinery.cluster_app",
-    autoretry_for=RETRYABLE,
-    retry_backoff=True,
-    max_retries=get_settings().celery_task_max_retries,
-)
-def cluster_app(app_id: str) -> dict:
+def _recluster(app_id: str) -> dict:
+    """Re-cluster the app; the caller holds its app and cluster locks."""
     settings = get_settings()
     titler = make_titler(settings, app_id)
     try:
-        with (
-            app_lock(app_id),
-            cluster_lock(app_id),
-            session_scope(settings.database_url) as session,
-        ):
+        with session_scope(settings.database_url) as session:
             result = recluster_app(
                 session, app_id, settings, embedding_model_name(settings), titler=titler
             )
@@ -169,6 +216,36 @@ def cluster_app(app_id: str) -> dict:
         "merges": result.merges,
         "splits": result.splits,
     }
+
+
+def _propose(app_id: str) -> dict:
+    """Draft the app's proposals; the caller holds its app lock."""
+    settings = get_settings()
+    with session_scope(settings.database_url) as session:
+        result = propose_service(session, app_id, settings, embedding_model_name(settings))
+    return {
+        "app_id": app_id,
+        "created": len(result.created),
+        "updated": len(result.updated),
+        "unchanged": len(result.unchanged),
+        "superseded": len(result.superseded),
+    }
+
+
+@app.task(
+    bind=True,
+    name="refinery.cluster_app",
+    autoretry_for=RETRYABLE,
+    retry_backoff=True,
+    max_retries=get_settings().celery_task_max_retries,
+)
+def cluster_app(self: Task, app_id: str) -> dict:
+    """Re-cluster one app now (the periodic and debounced refines use `refine_app`). Its locks
+    taken: sent again after a countdown, never waited for in the worker slot."""
+    with _refine_locks(app_id, cluster=True) as held:
+        if held:
+            return _recluster(app_id)
+    raise self.retry(countdown=_lock_countdown(), max_retries=LOCK_RETRIES)
 
 
 @app.task(name="refinery.refresh_region_rates")
@@ -201,28 +278,65 @@ def refresh_region_rates(app_id: str) -> dict:
 
 
 @app.task(
+    bind=True,
     name="refinery.propose_for_app",
     autoretry_for=RETRYABLE,
     retry_backoff=True,
     max_retries=get_settings().celery_task_max_retries,
 )
-def propose_for_app(app_id: str) -> dict:
-    settings = get_settings()
-    with app_lock(app_id), session_scope(settings.database_url) as session:
-        result = propose_service(session, app_id, settings, embedding_model_name(settings))
-    return {
-        "app_id": app_id,
-        "created": len(result.created),
-        "updated": len(result.updated),
-        "unchanged": len(result.unchanged),
-        "superseded": len(result.superseded),
-    }
+def propose_for_app(self: Task, app_id: str) -> dict:
+    """Draft one app's proposals now. Its lock taken: sent again after a countdown."""
+    with _refine_locks(app_id, cluster=False) as held:
+        if held:
+            return _propose(app_id)
+    raise self.retry(countdown=_lock_countdown(), max_retries=LOCK_RETRIES)
+
+
+@app.task(name="refinery.refine_app")
+def refine_app(app_id: str) -> dict:
+    """One app's refine: re-cluster, then propose, in this task (one worker holds the app for
+    the whole run); region failure rates follow as an optional task on the embed queue.
+
+    Sent by `request_refine` (new failing queries, the periodic pass) after a countdown, it first
+    asks workers.scheduling whether it is due: not yet, or another run holds the app, and it is
+    sent again after a countdown; nothing requested, and it returns."""
+    scheduler = _scheduler()
+    if scheduler is None:  # eager mode: no debounce, run at once
+        outcome = {"action": "run", "cluster": _recluster(app_id), "propose": _propose(app_id)}
+        _region_follow_up(app_id)
+        return outcome
+    decision = scheduler.fire(app_id)
+    if decision.action == "wait":
+        refine_app.apply_async(args=(app_id,), countdown=decision.delay_s)
+    if decision.action != "run":
+        return {"app_id": app_id, "action": decision.action, "delay_s": decision.delay_s}
+    with scheduler.running(app_id, decision.token), _refine_locks(app_id, cluster=True) as held:
+        if not held:  # a direct cluster_app / propose_for_app holds the app: come back
+            log.info("refine of %s deferred: its app or cluster lock is taken", app_id)
+            request_refine([app_id])
+            return {"app_id": app_id, "action": "deferred"}
+        try:
+            outcome = {"action": "run", "cluster": _recluster(app_id)}
+            outcome["propose"] = _propose(app_id)
+        except RETRYABLE:
+            # The run consumed the app's requests: ask again, or nothing would refine it
+            # before the periodic pass.
+            request_refine([app_id])
+            raise
+    _region_follow_up(app_id)
+    return {"app_id": app_id} | outcome
+
+
+def _region_follow_up(app_id: str) -> None:
+    if get_settings().region_sample_size > 0:
+        refresh_region_rates.apply_async(args=(app_id,))
 
 
 @app.task(name="refinery.refine_all_apps")
 def refine_all_apps() -> list[str]:
-    """Beat entry point: re-cluster then propose for every app with failing interactions; region
-    failure rates follow as an optional step that never holds the proposals back."""
+    """Beat entry point, the safety net: a refine of every app with failing interactions,
+    requested as due now (one at a time per app, like the debounced ones). Eager mode: the
+    chain re-cluster -> propose -> region rates, for each app, in this process."""
     settings = get_settings()
     with session_scope(settings.database_url) as session:
         app_ids = sorted(
@@ -230,11 +344,14 @@ def refine_all_apps() -> list[str]:
                 select(Interaction.app_id).where(Interaction.failing.is_(True)).distinct()
             )
         )
-    for app_id in app_ids:
-        steps = [cluster_app.si(app_id), propose_for_app.si(app_id)]
-        if settings.region_sample_size > 0:
-            steps.append(refresh_region_rates.si(app_id))
-        chain(*steps).apply_async()
+    if settings.celery_eager:
+        for app_id in app_ids:
+            steps = [cluster_app.si(app_id), propose_for_app.si(app_id)]
+            if settings.region_sample_size > 0:
+                steps.append(refresh_region_rates.si(app_id))
+            chain(*steps).apply_async()
+    else:
+        request_refine(app_ids, urgent=True)
     return app_ids
 
 

@@ -742,6 +742,7 @@ EXPECTED_METRICS = {
     "refinery_embedding_cache_hits": (),
     "refinery_clusters": ("app_id",),
     "refinery_proposals": ("kind", "status"),
+    "refinery_optional_step_failures": ("step",),
     "refinery_review_decisions": ("decision", "outcome"),
     "refinery_outbox_backlog_rows": (),
     "refinery_outbox_published": (),
