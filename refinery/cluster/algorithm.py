@@ -1,32 +1,51 @@
 """Clustering algorithm: L2-normalized query vectors -> failure-mode labels, no k given.
 
-Owns the pure numerical part of the cluster stage: `cluster_vectors` (batch), `centroids` and
-`assign_to_centroids` (streaming). It touches no database, settings object or model; callers pass
-the knobs (`Settings.cluster_*`) in. Vectors are `(n, dim)` float32, L2-normalized, so an inner
-product is a cosine similarity; labels are int64, `0..k-1` for clusters (0 the largest), `-1` for
-outliers.
+Owns the pure numerical part of the cluster stage: `cluster_vectors` / `fit_clusters` (batch),
+`centroids` and `assign_to_centroids` (streaming). It touches no database, settings object or
+model; callers pass the knobs (`Settings.cluster_*`) in. Vectors are `(n, dim)` float32,
+L2-normalized, so an inner product is a cosine similarity; labels are int64, `0..k-1` for
+clusters (0 the largest), `-1` for outliers.
 
-Method (average linkage with kNN candidates):
+Method (average linkage with kNN candidates, cut where the silhouette is highest):
 1. Each vector's `neighbors` nearest neighbours are its merge candidates (FAISS: exact
    `IndexFlatIP` up to 20k vectors, an IVF index above).
 2. Average linkage: two groups merge while the mean cosine over all their cross pairs is at
-   least `similarity_threshold`. That mean is `mean_A . mean_B`, exact from per-group sums, and
-   unlike single linkage or kNN-graph components, one bridge pair cannot chain two topics
-   together. Reciprocal best pairs merge in vectorised rounds; when the candidates run out, the
-   kNN search is rerun over the group means (so groups of near-duplicates still meet).
-3. Groups smaller than `min_cluster_size` dissolve; each of their points joins the cluster whose
+   least a threshold. That mean is `mean_A . mean_B`, exact from per-group sums, and unlike
+   single linkage or kNN-graph components, one bridge pair cannot chain two topics together.
+   Reciprocal best pairs merge in vectorised rounds; when the candidates run out, the kNN search
+   is rerun over the group means (so groups of near-duplicates still meet). Every merge is
+   recorded, so the linkage builds the whole merge tree once, down to `similarity_min`.
+3. The resolution is chosen per call from the data: each threshold in `[similarity_min,
+   similarity_max]` (a coarse sweep, then a fine one around its best) cuts the tree, and the cut
+   with the highest mean silhouette wins. The silhouette is taken on cosine distance, on the
+   clustering that step 4 makes of the cut (small groups dissolved, their points attached or
+   outliers scoring 0), computed from cluster sums (O(rows x clusters), on at most 4,096 rows).
+   A caller can still fix `similarity_threshold`; then no sweep runs.
+4. Groups smaller than `min_cluster_size` dissolve; each of their points joins the cluster whose
    members it is most similar to on average, if that mean is at least `attach_threshold`, else it
    is an outlier.
-4. One Lloyd step: each clustered point moves to its most similar centroid, undoing early greedy
+5. One Lloyd step: each clustered point moves to its most similar centroid, undoing early greedy
    merges.
-Above `max_graph_points` vectors, steps 1-4 run on a random sample; every vector is then assigned
-by mean similarity, and the vectors that match nothing are clustered again (a few rounds), so
-topics too small to show up in the first sample are still found.
+Above `max_graph_points` vectors, steps 1-5 run on a random sample (which also chooses the
+threshold, reused for the later rounds); every vector is then assigned by mean similarity, and
+the vectors that match nothing are clustered again (a few rounds), so topics too small to show
+up in the first sample are still found.
+
+Why the choice transfers: a fixed threshold encodes how tight one dataset's intents are (0.45
+fit CLINC150; a customer-service set needed 0.55-0.60, HWU64's short queries ~0.3, SNIPS's broad
+intents ~0.2). The silhouette asks the same question of every dataset instead - is a point
+closer on average to its own cluster than to the next one? - and is scale-free: it compares
+distances within one dataset, so the embedding model's or the domain's similarity level cancels.
+Outliers score 0 (neither rewarded nor penalised), so a cut cannot win by dropping points, and a
+lone cluster is compared with unrelated directions (distance 1), so one coherent failure mode
+among noise is not split to be scored. The bounds only keep the sweep finite; the
+`min_cluster_size` and `attach_threshold` semantics (what counts as an outlier) are unchanged.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import faiss
 import numpy as np
@@ -49,48 +68,109 @@ _MAX_SEARCHES = 32
 # Rows per FAISS/numpy batch: bounds each temporary copy to ~25 MB at 384 dimensions.
 _BATCH = 16_384
 _SEED = 1234
+# Bounds of the threshold search when the caller fixes none (Settings.cluster_similarity_min and
+# _max). Wide on purpose: the silhouette chooses; the bounds only keep the sweep finite. Below
+# ~0.15 mean cosine, sentence-embedding groups are unrelated topics; above ~0.8, paraphrases.
+DEFAULT_SIMILARITY_MIN = 0.15
+DEFAULT_SIMILARITY_MAX = 0.8
+# The sweep scores thresholds this far apart, then the fine steps around the best one: a
+# silhouette curve over thresholds is smooth at 0.05, and 0.01 is finer than its noise.
+_COARSE_STEP = 0.05
+_FINE_STEP = 0.01
+# Rows on which each candidate is scored: the silhouette's sampling error at 4,096 rows (~0.003)
+# is below the differences between distinct cuts, and the same rows score every candidate.
+_SCORE_ROWS = 4096
+# Score differences below this are ties (float noise); ties go to the lower threshold.
+_SCORE_TIE = 1e-6
+
+
+@dataclass(frozen=True)
+class Clustering:
+    """Labels and the resolution they were cut at.
+
+    `similarity_threshold` is the average-linkage cut used: chosen from the data when `chosen`,
+    else the one the caller fixed. `score` is the silhouette (cosine) of the chosen cut on the
+    evaluated points (None when the threshold was fixed).
+    """
+
+    labels: np.ndarray
+    similarity_threshold: float
+    chosen: bool
+    score: float | None = None
 
 
 def cluster_vectors(
     vectors: np.ndarray,
     *,
-    similarity_threshold: float,
+    similarity_threshold: float | None = None,
     min_cluster_size: int,
     neighbors: int = 15,
     attach_threshold: float = 0.25,
     max_graph_points: int = 100_000,
+    similarity_min: float = DEFAULT_SIMILARITY_MIN,
+    similarity_max: float = DEFAULT_SIMILARITY_MAX,
 ) -> np.ndarray:
     """Cluster `(n, dim)` L2-normalized float32 vectors; returns int64 labels of shape `(n,)`.
 
-    Two groups merge while the mean cosine similarity over all their cross pairs is at least
-    `similarity_threshold`. Every cluster has at least `min_cluster_size` members; points that fit
-    no cluster (mean similarity to its members below `attach_threshold`) are labelled -1.
-    `neighbors` nearest neighbours per point are the merge candidates. Above `max_graph_points`
-    vectors the linkage runs on samples (time and memory stay bounded). Deterministic (fixed
-    seeds): the same input on the same machine gives the same labels. Cluster 0 is the largest.
+    Two groups merge while the mean cosine similarity over all their cross pairs is at least the
+    cut threshold: `similarity_threshold` if given, else the threshold in
+    `[similarity_min, similarity_max]` whose clustering has the highest silhouette (chosen per
+    call, see the module docstring; `cluster` also returns it). Every cluster has at least
+    `min_cluster_size` members; points that fit no cluster (mean similarity to its members below
+    `attach_threshold`) are labelled -1. `neighbors` nearest neighbours per point are the merge
+    candidates. Above `max_graph_points` vectors the linkage runs on samples (time and memory stay
+    bounded). Deterministic (fixed seeds): the same input on the same machine gives the same
+    labels. Cluster 0 is the largest.
     """
+    return fit_clusters(
+        vectors,
+        similarity_threshold=similarity_threshold,
+        min_cluster_size=min_cluster_size,
+        neighbors=neighbors,
+        attach_threshold=attach_threshold,
+        max_graph_points=max_graph_points,
+        similarity_min=similarity_min,
+        similarity_max=similarity_max,
+    ).labels
+
+
+def fit_clusters(
+    vectors: np.ndarray,
+    *,
+    similarity_threshold: float | None = None,
+    min_cluster_size: int,
+    neighbors: int = 15,
+    attach_threshold: float = 0.25,
+    max_graph_points: int = 100_000,
+    similarity_min: float = DEFAULT_SIMILARITY_MIN,
+    similarity_max: float = DEFAULT_SIMILARITY_MAX,
+) -> Clustering:
+    """`cluster_vectors`, also returning the threshold it cut at (and whether it was chosen)."""
     if min_cluster_size < 1:
         raise ValueError(f"min_cluster_size must be >= 1, got {min_cluster_size}")
     if neighbors < 1:
         raise ValueError(f"neighbors must be >= 1, got {neighbors}")
+    if similarity_threshold is None and not similarity_min <= similarity_max:
+        raise ValueError(
+            f"similarity_min {similarity_min} must not exceed similarity_max {similarity_max}"
+        )
     x = _as_matrix(vectors)
     n = x.shape[0]
+    cut = _Cut(similarity_threshold, similarity_min, similarity_max)
     if n == 0:
-        return np.empty(0, dtype=np.int64)
+        return Clustering(np.empty(0, dtype=np.int64), cut.fallback, cut.fixed is None)
     if n <= max_graph_points:
-        labels = _cluster_graph(
-            x, similarity_threshold, min_cluster_size, neighbors, attach_threshold
-        )
+        labels, cut = _cluster_graph(x, cut, min_cluster_size, neighbors, attach_threshold)
     else:
-        labels = _cluster_sampled(
-            x,
-            similarity_threshold,
-            min_cluster_size,
-            neighbors,
-            attach_threshold,
-            max_graph_points,
+        labels, cut = _cluster_sampled(
+            x, cut, min_cluster_size, neighbors, attach_threshold, max_graph_points
         )
-    return _relabel_by_size(labels)
+    return Clustering(
+        _relabel_by_size(labels),
+        cut.threshold,
+        similarity_threshold is None,
+        cut.score,
+    )
 
 
 def centroids(vectors: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -128,43 +208,75 @@ def _as_matrix(vectors: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
+@dataclass
+class _Cut:
+    """The threshold to cut at: `fixed`, or to be chosen in [lo, hi] (then `threshold`, `score`)."""
+
+    fixed: float | None
+    lo: float
+    hi: float
+    threshold: float = float("nan")
+    score: float | None = None
+
+    @property
+    def fallback(self) -> float:
+        return self.fixed if self.fixed is not None else self.lo
+
+
 def _cluster_graph(
-    x: np.ndarray, threshold: float, min_size: int, neighbors: int, attach: float
-) -> np.ndarray:
-    """Steps 1-4 on all of `x`; labels not yet ordered by size."""
+    x: np.ndarray, cut: _Cut, min_size: int, neighbors: int, attach: float
+) -> tuple[np.ndarray, _Cut]:
+    """Steps 1-4 on all of `x`; labels not yet ordered by size. Returns the cut it used."""
     distinct, inverse, weight = _collapse_duplicates(x)
-    group, sums, counts = _average_linkage(distinct, weight, threshold, neighbors)
+    if cut.fixed is not None:
+        group, sums, counts, _ = _average_linkage(distinct, weight, cut.fixed, neighbors)
+        cut = _Cut(cut.fixed, cut.lo, cut.hi, cut.fixed)
+    else:
+        # One linkage down to the lowest allowed threshold; every candidate cut is read off its
+        # tree, scored, and the best one is used.
+        _, _, _, tree = _average_linkage(distinct, weight, cut.lo, neighbors)
+        threshold, score = _choose_cut(distinct, weight, tree, cut, min_size, attach)
+        cut = _Cut(None, cut.lo, cut.hi, threshold, score)
+        group = tree.cut(threshold)
+        sums, counts = _weighted_sums(distinct, weight, group)
     labels = _dissolve_small(x, group[inverse], sums, counts, min_size, attach)
     if labels.max(initial=-1) < 0:
-        return labels
+        return labels, cut
     # The Lloyd step: clustered points move to their most similar centroid. Outliers stay out.
     clustered = np.flatnonzero(labels >= 0)
     _, best = _best_match(x, centroids(x, labels), rows=clustered)
     labels[clustered] = best
-    return _drop_small(labels, min_size)
+    return _drop_small(labels, min_size), cut
 
 
 def _cluster_sampled(
     x: np.ndarray,
-    threshold: float,
+    cut: _Cut,
     min_size: int,
     neighbors: int,
     attach: float,
     sample_size: int,
-) -> np.ndarray:
+) -> tuple[np.ndarray, _Cut]:
     n = x.shape[0]
     rng = np.random.default_rng(_SEED)
     labels = np.full(n, -1, dtype=np.int64)
     pending = np.arange(n)
     next_id = 0
+    chosen: _Cut | None = None
     for _ in range(_SAMPLE_ROUNDS):
+        # The first sample chooses the threshold (a uniform sample has the data's structure);
+        # later rounds, over what matched nothing, reuse it: their points are the residue, whose
+        # own best cut would not describe the data.
+        use = cut if chosen is None else _Cut(chosen.threshold, cut.lo, cut.hi)
         if len(pending) <= sample_size:
-            sub = _cluster_graph(x[pending], threshold, min_size, neighbors, attach)
+            sub, used = _cluster_graph(x[pending], use, min_size, neighbors, attach)
+            chosen = chosen or used
             found = sub >= 0
             labels[pending[found]] = sub[found] + next_id
             break
         sample = np.sort(rng.choice(pending, size=sample_size, replace=False))
-        sub = _cluster_graph(x[sample], threshold, min_size, neighbors, attach)
+        sub, used = _cluster_graph(x[sample], use, min_size, neighbors, attach)
+        chosen = chosen or used
         if sub.max(initial=-1) < 0:
             break
         # Mean vectors, not normalized: x . mean is x's mean cosine to the members, the same
@@ -180,7 +292,166 @@ def _cluster_sampled(
             break
     # Vectors still pending after the last round stay outliers: they matched no sampled topic.
     # A sampled cluster can lose members to a closer one when everything is assigned.
-    return _drop_small(labels, min_size)
+    return _drop_small(labels, min_size), chosen or cut
+
+
+# --- choosing the cut -----------------------------------------------------------------------
+
+
+class _Tree:
+    """The merge forest of one linkage: merge j joins nodes `children[j]` into node n + j at
+    similarity `heights[j]` (non-increasing from children to parents)."""
+
+    def __init__(self, n: int, children: np.ndarray, heights: np.ndarray) -> None:
+        self.n = n
+        self.children = children.astype(np.int64)
+        self.heights = heights.astype(np.float32)
+
+    def cut(self, threshold: float) -> np.ndarray:
+        """Group id `0..g-1` of each leaf when only merges at or above `threshold` are kept."""
+        total = self.n + len(self.heights)
+        parent = np.arange(total)
+        kept = np.flatnonzero(self.heights >= threshold)
+        parent[self.children[kept, 0]] = self.n + kept
+        parent[self.children[kept, 1]] = self.n + kept
+        # Pointer jumping: log2(depth) vectorised passes find every leaf's topmost kept ancestor.
+        while True:
+            hop = parent[parent]
+            if np.array_equal(hop, parent):
+                break
+            parent = hop
+        _, group = np.unique(parent[: self.n], return_inverse=True)
+        return group.astype(np.int64)
+
+
+def _choose_cut(
+    distinct: np.ndarray,
+    weight: np.ndarray,
+    tree: _Tree,
+    cut: _Cut,
+    min_size: int,
+    attach: float,
+) -> tuple[float, float]:
+    """The candidate threshold whose clustering has the highest mean silhouette (see module doc).
+
+    Each candidate is scored as steps 2-3 would leave it (groups below min size dissolved, their
+    points attached or outliers), on the same random rows (at most `_SCORE_ROWS`), so the
+    comparison between candidates is paired. The sweep is coarse (`_COARSE_STEP`), then fine
+    (`_FINE_STEP`) around the best coarse candidate. Ties go to the lowest threshold: the
+    coarsest clustering that explains the data as well.
+    """
+    # Scored on the distinct vectors, each once: copies of one query say how often it was asked,
+    # not where topics part, and a pile of copies (distance 0) would otherwise look like a
+    # perfect cluster of its own. Sizes (min_cluster_size) still count every copy.
+    m = distinct.shape[0]
+    rng = np.random.default_rng(_SEED)
+    rows = np.arange(m) if m <= _SCORE_ROWS else np.sort(rng.choice(m, _SCORE_ROWS, replace=False))
+    xr = distinct[rows]
+    ones = np.ones(m, dtype=np.int64)
+    scores: dict[float, float] = {}
+
+    def score(t: float) -> float:
+        t = round(t, 4)
+        if t not in scores:
+            group = tree.cut(t)
+            big = np.bincount(group, weights=weight) >= min_size
+            sums, sizes = _weighted_sums(distinct, ones, group, np.where(big, 1, np.inf))
+            scores[t] = _silhouette(xr, group[rows], sums, sizes, big, attach, m / len(rows))
+        return scores[t]
+
+    def best(candidates: np.ndarray) -> float:
+        values = [score(float(t)) for t in candidates]
+        top = max(values)
+        return float(candidates[next(i for i, v in enumerate(values) if v >= top - _SCORE_TIE)])
+
+    coarse = best(_grid(cut.lo, cut.hi, _COARSE_STEP))
+    fine = _grid(
+        max(cut.lo, coarse - _COARSE_STEP + _FINE_STEP),
+        min(cut.hi, coarse + _COARSE_STEP - _FINE_STEP),
+        _FINE_STEP,
+    )
+    chosen = best(np.union1d(fine, [coarse]))
+    return chosen, scores[round(chosen, 4)]
+
+
+def _grid(lo: float, hi: float, step: float) -> np.ndarray:
+    steps = int(np.floor((hi - lo) / step + 1e-6))
+    return np.round(lo + step * np.arange(steps + 1), 4)
+
+
+def _silhouette(
+    xr: np.ndarray,
+    member_of: np.ndarray,
+    sums: np.ndarray,
+    sizes: np.ndarray,
+    big_groups: np.ndarray,
+    attach: float,
+    scale: float,
+) -> float:
+    """Mean silhouette (cosine distance) of rows `xr` whose groups are `member_of`.
+
+    Mean distances come from group sums (cosine is linear in them): O(rows x groups x dim), not
+    O(rows x n x dim). The clustering scored is the one step 4 makes of these groups: the groups
+    marked in `big_groups` (at least min size, copies counted) are clusters; the other rows join
+    their most similar cluster if its mean similarity reaches `attach`, else they are outliers
+    and score 0, as singletons do in the usual definition. `sums` and `sizes` are over the
+    points scored; rows stand for `scale` points each: the attached rows, scaled, are added to
+    their cluster's sum and size (exact when every point is a row). A cluster with no rival (one
+    cluster) is compared with distance 1, the expected distance between unrelated directions, so
+    one coherent cluster need not split to score.
+    """
+    big = np.flatnonzero(big_groups)
+    if len(big) == 0:
+        return 0.0
+    slot = np.full(len(sizes), -1, dtype=np.int64)
+    slot[big] = np.arange(len(big))
+    own = slot[member_of]
+    member = own >= 0
+    csum = sums[big]
+    size = sizes[big].astype(np.float32)
+    dots = xr @ csum.T  # (rows, clusters): sums of cosines to each cluster's members
+    k = np.arange(len(xr))
+    mean = dots / size
+    nearest = np.argmax(mean, axis=1)
+    attached = ~member & (mean[k, nearest] >= attach)
+    home = np.where(member, own, np.where(attached, nearest, -1))
+    if attached.any():
+        extra, added = _label_sums(xr, np.where(attached, nearest, -1))
+        csum = csum.copy()
+        csum[: len(added)] += scale * extra
+        size[: len(added)] += scale * added
+        dots = xr @ csum.T
+        mean = dots / size
+    scored = home >= 0
+    h = np.maximum(home, 0)
+    # Own mean similarity, the row itself left out (its cosine 1 is in the sum).
+    own_sum = dots[k, h] - scored
+    own_n = size[h] - scored
+    a = 1.0 - np.divide(own_sum, own_n, out=np.ones_like(own_sum), where=own_n > 0)
+    mean[k, h] = -np.inf
+    b = 1.0 - np.maximum(mean.max(axis=1), 0.0)  # -inf (no rival) becomes distance 1
+    top = np.maximum(a, b)
+    s = np.divide(b - a, top, out=np.zeros_like(a), where=top > 0)
+    return float(np.where(scored & (own_n > 0), s, 0.0).mean())
+
+
+def _weighted_sums(
+    points: np.ndarray,
+    weight: np.ndarray,
+    group: np.ndarray,
+    min_size: float | np.ndarray = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-group sums of `points` (each standing for `weight` copies) and group sizes.
+
+    Sums of groups below `min_size` (a number, or one per group) are left zero: they are
+    dissolved, and skipping their many small segments is most of the cost at high thresholds.
+    """
+    counts = np.bincount(group, weights=weight).astype(np.int64)
+    kept = np.where(counts >= min_size, np.arange(len(counts)), -1)[group]
+    sums, _ = _label_sums(points * weight[:, None].astype(np.float32), kept)
+    if len(sums) < len(counts):
+        sums = np.vstack([sums, np.zeros((len(counts) - len(sums), points.shape[1]), np.float32)])
+    return sums, counts
 
 
 def _knn(
@@ -251,10 +522,11 @@ def _collapse_duplicates(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 def _average_linkage(
     points: np.ndarray, weight: np.ndarray, threshold: float, neighbors: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Average linkage over kNN candidates. Returns (group of each point, group sums, sizes).
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, _Tree]:
+    """Average linkage over kNN candidates down to `threshold`.
 
-    `points` are distinct vectors, each standing for `weight` identical ones; sizes count those.
+    Returns (group of each point, group sums, sizes, merge tree). `points` are distinct vectors,
+    each standing for `weight` identical ones; sizes count those.
 
     The mean cosine between groups A and B is `mean_A . mean_B`, so a kNN search over the group
     means finds each group's best partners exactly. Merging runs in rounds: every group takes its
@@ -263,11 +535,23 @@ def _average_linkage(
     one best pair at a time, in O(log n) rounds of numpy work instead of n Python steps. When the
     candidates run out (a group of near-duplicates larger than `neighbors` only sees itself), the
     search is rerun over the current group means, until no pair reaches the threshold.
+
+    Every merge is recorded (children, similarity), so a cut at any higher threshold is read off
+    the tree without running the linkage again (`_Tree.cut`).
     """
     n = points.shape[0]
     sums = points * weight[:, None].astype(np.float32)
     counts = weight.copy()
     group = np.arange(n)
+    # Tree node of each current group (leaves 0..n-1, merge j is node n + j) and the height of
+    # that node. A merge found by a later search can be more similar than one before it (an
+    # inversion: its partner was not among the earlier candidates); the height is capped at its
+    # children's, so that the tree's cuts stay nested.
+    node = np.arange(n)
+    height = np.full(n, np.inf, dtype=np.float32)
+    children: list[np.ndarray] = []
+    heights: list[np.ndarray] = []
+    next_node = n
     ivf = None
     for _ in range(_MAX_SEARCHES):
         m = len(counts)
@@ -290,6 +574,12 @@ def _average_linkage(
             if len(a) == 0:
                 break
             merged = True
+            h = np.minimum(best_sim[a], np.minimum(height[a], height[b]))
+            children.append(np.stack([node[a], node[b]], axis=1))
+            heights.append(h)
+            node[a] = next_node + np.arange(len(a))
+            height[a] = h
+            next_node += len(a)
             sums[a] += sums[b]
             counts[a] += counts[b]
             alive = np.ones(m, dtype=bool)
@@ -301,6 +591,7 @@ def _average_linkage(
             changed[a] = True
             changed = changed[alive]
             sums, counts = sums[alive], counts[alive]
+            node, height = node[alive], height[alive]
             group = remap[group]
             u, v, s = _dedupe(remap[u], remap[v], s, len(counts))
             # Only edges touching a merged group change their mean similarity.
@@ -310,7 +601,12 @@ def _average_linkage(
             u, v, s = u[keep], v[keep], s[keep]
         if not merged or len(counts) == 1:
             break
-    return group, sums, counts
+    tree = _Tree(
+        n,
+        np.concatenate(children) if children else np.empty((0, 2), np.int64),
+        np.concatenate(heights) if heights else np.empty(0, np.float32),
+    )
+    return group, sums, counts, tree
 
 
 def _dedupe(

@@ -31,7 +31,7 @@ from sqlalchemy import false, select, true, update
 from sqlalchemy.orm import Session
 
 from refinery.cluster.algorithm import centroids as compute_centroids
-from refinery.cluster.algorithm import cluster_vectors
+from refinery.cluster.algorithm import fit_clusters
 from refinery.cluster.labels import cluster_keywords, representative_queries
 from refinery.cluster.lineage import lineage
 from refinery.cluster.titles import Titler
@@ -131,17 +131,29 @@ def recluster_app(
     ids = [r.id for r in rows]
     if rows:
         vectors = vectors_from_rows([r.vector for r in rows], rows[0].dim)
-        labels = cluster_vectors(
+        clustering = fit_clusters(
             vectors,
             similarity_threshold=settings.cluster_similarity_threshold,
             min_cluster_size=settings.cluster_min_size,
             neighbors=settings.cluster_neighbors,
             attach_threshold=settings.cluster_attach_similarity,
             max_graph_points=settings.cluster_max_graph_points,
+            similarity_min=settings.cluster_similarity_min,
+            similarity_max=settings.cluster_similarity_max,
+        )
+        labels = clustering.labels
+        threshold = clustering.similarity_threshold
+        log.info(
+            "app %s: %d failing queries cut at similarity %.2f (%s)",
+            app_id,
+            len(rows),
+            threshold,
+            "chosen from the data" if clustering.chosen else "fixed",
         )
     else:
         vectors = np.zeros((0, 0), dtype=np.float32)
         labels = np.empty(0, dtype=np.int64)
+        threshold = None
     members_by_label: dict[int, list[int]] = {}
     for position, label in enumerate(labels.tolist()):
         if label >= 0:
@@ -180,9 +192,7 @@ def recluster_app(
             claimed.add(match)
             result.kept_by_centroid += 1
         else:
-            names[label] = _new_cluster_id(
-                app_id, [ids[p] for p in members_by_label[label]]
-            )
+            names[label] = _new_cluster_id(app_id, [ids[p] for p in members_by_label[label]])
     result.kept = sum(1 for name in names.values() if name in old_clusters)
     result.created = len(names) - result.kept
 
@@ -294,6 +304,8 @@ def recluster_app(
         "retired": result.retired,
         "merges": result.merges,
         "splits": result.splits,
+        # The average-linkage cut this run used (chosen per run unless the setting fixes it).
+        "similarity_threshold": None if threshold is None else round(threshold, 4),
     }
     session.add(run)
     session.flush()
@@ -335,4 +347,3 @@ def _match_by_centroid(
         if sim > best_sim:
             best_id, best_sim = cluster_id, sim
     return best_id if best_sim >= min_similarity else None
-

@@ -12,7 +12,7 @@ from refinery.cluster import algorithm
 from refinery.cluster.algorithm import assign_to_centroids, centroids, cluster_vectors
 
 DIM = 64
-PARAMS: dict[str, Any] = {"similarity_threshold": 0.45, "min_cluster_size": 5}
+PARAMS: dict[str, Any] = {"min_cluster_size": 5}  # the threshold is chosen from the data
 
 
 def _normalize(x: np.ndarray) -> np.ndarray:
@@ -74,7 +74,7 @@ def test_groups_below_min_size_are_outliers_or_attached() -> None:
 
 def test_min_cluster_size_one_keeps_small_groups() -> None:
     x, truth, _ = _blobs([30, 30, 4])
-    labels = cluster_vectors(x, similarity_threshold=0.45, min_cluster_size=1)
+    labels = cluster_vectors(x, min_cluster_size=1)
     assert adjusted_rand_score(truth, labels) >= 0.95
 
 
@@ -108,8 +108,22 @@ def test_duplicate_groups_larger_than_neighbours_still_merge() -> None:
     phrasings = _normalize(np.repeat(centres, 3, axis=0) + 0.08 * rng.standard_normal((12, DIM)))
     x = _normalize(np.repeat(phrasings, 20, axis=0) + 0.002 * rng.standard_normal((240, DIM)))
     truth = np.repeat(np.arange(4), 60)
+    # A fixed threshold: this tests the linkage. Left to choose, the silhouette would rightly see
+    # 12 tight groups (each phrasing's 20 near-copies), see the next test for exact copies.
     labels = cluster_vectors(x, similarity_threshold=0.45, min_cluster_size=5, neighbors=5)
     assert adjusted_rand_score(truth, labels) == 1.0
+
+
+def test_exact_copies_do_not_split_a_topic_by_phrasing() -> None:
+    # The same question asked by many users embeds to identical vectors: 4 topics x 3 phrasings
+    # x 20 exact copies. The threshold is chosen on the distinct vectors, so a pile of copies is
+    # not a perfect cluster of its own and each topic comes out as one cluster.
+    rng = np.random.default_rng(3)
+    centres = _normalize(rng.standard_normal((4, DIM)))
+    phrasings = _normalize(np.repeat(centres, 3, axis=0) + 0.08 * rng.standard_normal((12, DIM)))
+    x = np.repeat(phrasings, 20, axis=0)
+    truth = np.repeat(np.arange(4), 60)
+    assert adjusted_rand_score(truth, cluster_vectors(x, **PARAMS)) == 1.0
 
 
 def test_exact_duplicates_cluster_and_count_as_members() -> None:
@@ -117,7 +131,9 @@ def test_exact_duplicates_cluster_and_count_as_members() -> None:
     rng = np.random.default_rng(5)
     distinct = _normalize(rng.standard_normal((30, DIM)))
     which = rng.integers(0, 30, 3000)
-    labels = cluster_vectors(distinct[which], **PARAMS)
+    # 30 unrelated queries: a fixed threshold keeps them apart (left to choose, chance pairs of
+    # random directions, cosine ~0.4 in 64 dimensions, are as good a cut as any).
+    labels = cluster_vectors(distinct[which], similarity_threshold=0.45, min_cluster_size=5)
     assert adjusted_rand_score(which, labels) == 1.0
     same = np.repeat(distinct[:1], 5, axis=0)
     np.testing.assert_array_equal(cluster_vectors(same, **PARAMS), [0] * 5)
@@ -135,12 +151,8 @@ def test_tiny_inputs(n: int) -> None:
 
 def test_tiny_inputs_with_min_size_one() -> None:
     x, _, _ = _blobs([3])
-    np.testing.assert_array_equal(
-        cluster_vectors(x[:1], similarity_threshold=0.45, min_cluster_size=1), [0]
-    )
-    np.testing.assert_array_equal(
-        cluster_vectors(x, similarity_threshold=0.45, min_cluster_size=1), [0, 0, 0]
-    )
+    np.testing.assert_array_equal(cluster_vectors(x[:1], min_cluster_size=1), [0])
+    np.testing.assert_array_equal(cluster_vectors(x, min_cluster_size=1), [0, 0, 0])
 
 
 def test_rejects_bad_arguments() -> None:
@@ -148,7 +160,7 @@ def test_rejects_bad_arguments() -> None:
     with pytest.raises(ValueError, match="matrix"):
         cluster_vectors(x[0], **PARAMS)
     with pytest.raises(ValueError, match="min_cluster_size"):
-        cluster_vectors(x, similarity_threshold=0.45, min_cluster_size=0)
+        cluster_vectors(x, min_cluster_size=0)
     with pytest.raises(ValueError, match="neighbors"):
         cluster_vectors(x, **PARAMS, neighbors=0)
 
@@ -208,3 +220,88 @@ def test_assign_to_no_centroids() -> None:
     x, _, _ = _blobs([5])
     assert (assign_to_centroids(x, np.empty((0, DIM), np.float32), 0.0) == -1).all()
     assert assign_to_centroids(x[:0], x, 0.0).shape == (0,)
+
+
+# --- the threshold chosen from the data --------------------------------------------------------
+
+
+def _spread_for(cosine: float) -> float:
+    """Per-dimension sigma at which two members of a blob have mean cosine ~`cosine`."""
+    return float(np.sqrt((1 / cosine - 1) / DIM))
+
+
+def test_loose_topics_found_where_a_fixed_threshold_fragments_them() -> None:
+    # Members at cosine ~0.3 to each other (broad intents): a fixed 0.45 merges nothing.
+    x, truth, _ = _blobs([40, 35, 30, 30, 25, 20], spread=_spread_for(0.3), seed=11)
+    result = algorithm.fit_clusters(x, **PARAMS)
+    assert result.chosen and 0.15 <= result.similarity_threshold < 0.3
+    assert result.labels.max() + 1 == 6
+    assert adjusted_rand_score(truth, result.labels) >= 0.95
+    fixed = cluster_vectors(x, similarity_threshold=0.45, min_cluster_size=5)
+    assert adjusted_rand_score(truth, fixed) < 0.5
+
+
+def test_tight_neighbouring_topics_kept_apart_where_a_fixed_threshold_merges_them() -> None:
+    # Pairs of tight topics (members at cosine ~0.85) whose centres have cosine 0.55: the mean
+    # cosine across a pair is ~0.47, so a fixed 0.45 merges pairs into one topic.
+    rng = np.random.default_rng(12)
+    base = _normalize(rng.standard_normal((4, DIM)))
+    other = _normalize(rng.standard_normal((4, DIM)))
+    twins = _normalize(0.55 * base + np.sqrt(1 - 0.55**2) * other)
+    centres = np.vstack([base, twins])
+    truth = np.repeat(np.arange(8), 30)
+    x = _normalize(centres[truth] + _spread_for(0.85) * rng.standard_normal((len(truth), DIM)))
+    result = algorithm.fit_clusters(x, **PARAMS)
+    assert result.labels.max() + 1 == 8
+    assert adjusted_rand_score(truth, result.labels) >= 0.95
+    fixed = cluster_vectors(x, similarity_threshold=0.45, min_cluster_size=5)
+    assert fixed.max() + 1 < 8, "the fixed threshold merges some of the pairs"
+
+
+@pytest.mark.parametrize("tightness", [0.3, 0.5, 0.8])
+def test_failing_modes_among_scattered_noise(tightness: float) -> None:
+    # The production case: a handful of failing modes plus ~2% scattered queries of other
+    # topics. Each mode must come out as one cluster (>= 80% pure, >= 60% covered) and the
+    # scattered queries must stay outliers, whatever the modes' tightness.
+    x, truth, _ = _blobs([30, 28, 25, 22, 20, 18, 15, 12], spread=_spread_for(tightness), seed=13)
+    rng = np.random.default_rng(14)
+    noise = _normalize(rng.standard_normal((5, DIM)))
+    labels = cluster_vectors(np.vstack([x, noise]), **PARAMS)
+    assert (labels[len(x) :] == -1).all()
+    for mode in range(8):
+        members = labels[: len(x)][truth == mode]
+        top = np.bincount(members[members >= 0]).argmax()
+        assert np.mean(members == top) >= 0.6
+        assert np.mean(truth[labels[: len(x)] == top] == mode) >= 0.8
+    assert labels.max() + 1 == 8
+
+
+def test_one_mode_among_noise_is_one_cluster() -> None:
+    # With one cluster there is no rival to score against: it is compared with unrelated
+    # directions, so a single coherent mode is not split in two to be scored.
+    x, _, _ = _blobs([40], spread=_spread_for(0.4), seed=15)
+    noise = _normalize(np.random.default_rng(16).standard_normal((3, DIM)))
+    labels = cluster_vectors(np.vstack([x, noise]), **PARAMS)
+    assert (labels[:40] == 0).all()
+    assert (labels[40:] == -1).all()
+
+
+def test_fit_clusters_reports_the_threshold() -> None:
+    x, _, _ = _blobs([30, 30, 30])
+    chosen = algorithm.fit_clusters(x, **PARAMS, similarity_min=0.2, similarity_max=0.6)
+    assert chosen.chosen and 0.2 <= chosen.similarity_threshold <= 0.6
+    assert chosen.score is not None and chosen.score > 0.5
+    np.testing.assert_array_equal(
+        chosen.labels, cluster_vectors(x, **PARAMS, similarity_min=0.2, similarity_max=0.6)
+    )
+    fixed = algorithm.fit_clusters(x, similarity_threshold=0.5, min_cluster_size=5)
+    assert not fixed.chosen and fixed.similarity_threshold == 0.5 and fixed.score is None
+    with pytest.raises(ValueError, match="similarity_min"):
+        cluster_vectors(x, **PARAMS, similarity_min=0.7, similarity_max=0.3)
+
+
+def test_sampled_path_chooses_on_the_first_sample() -> None:
+    x, truth, _ = _blobs([300, 250, 200, 150, 100], spread=_spread_for(0.35), seed=17)
+    result = algorithm.fit_clusters(x, **PARAMS, max_graph_points=300)
+    assert result.chosen and result.similarity_threshold < 0.35
+    assert adjusted_rand_score(truth, result.labels) >= 0.95
