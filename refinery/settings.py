@@ -265,10 +265,22 @@ class Settings(BaseSettings):
     )
 
     # --- clustering --------------------------------------------------------------------------
-    cluster_similarity_threshold: float = Field(
-        0.45,
+    cluster_similarity_threshold: float | None = Field(
+        None,
         description="Mean cosine similarity between two groups of failing queries at or above"
-        " which they merge into one cluster (average linkage; tuned on CLINC150).",
+        " which they merge into one cluster (average linkage). Unset (the default): chosen per"
+        " re-cluster from the data, the cut of the merge tree with the highest silhouette between"
+        " CLUSTER_SIMILARITY_MIN and CLUSTER_SIMILARITY_MAX; a number fixes it for every app.",
+    )
+    cluster_similarity_min: float = Field(
+        0.15,
+        description="Lowest merge threshold the per-run choice may pick (a bound, not a tuning"
+        " knob: below it, groups of sentence embeddings are unrelated topics).",
+    )
+    cluster_similarity_max: float = Field(
+        0.8,
+        description="Highest merge threshold the per-run choice may pick (above it, only"
+        " paraphrases merge).",
     )
     cluster_neighbors: int = Field(15, description="Nearest neighbours searched per query.")
     cluster_attach_similarity: float = Field(
