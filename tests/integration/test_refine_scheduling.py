@@ -17,6 +17,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 import redis
@@ -43,7 +44,7 @@ class Dispatcher:
         self.heap: list[tuple[float, int, str]] = []
         self.sent = 0
         self.runs: list[tuple[str, float, float]] = []  # (app, start, end)
-        self.during_run = None
+        self.during_run: Callable[[], None] | None = None
         self._order = itertools.count()
         self._lock = threading.Lock()
         self._run_s = run_s
@@ -101,8 +102,13 @@ def test_a_burst_costs_one_refine_per_app(scheduled, monkeypatch) -> None:
 
 def test_a_request_during_a_run_gets_one_more_run_after_it(scheduled, monkeypatch) -> None:
     dispatcher = Dispatcher(monkeypatch, run_s=0.5)
+
     # New failing queries of the app arrive (three embed batches) while its refine runs.
-    dispatcher.during_run = lambda: [tasks.request_refine(["shop"]) for _ in range(3)]
+    def three_embed_batches() -> None:
+        for _ in range(3):
+            tasks.request_refine(["shop"])
+
+    dispatcher.during_run = three_embed_batches
     tasks.request_refine(["shop"])
     dispatcher.drain()
     assert dispatcher.count("shop") == 2
