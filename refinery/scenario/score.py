@@ -1,10 +1,10 @@
 """Score an app's review queue against the failure modes planted in it.
 
-A planted intent is *recalled* when one proposal covers at least COVERAGE of its failing
-interactions with members at least PURITY of that intent (a proposal's members: the failing
-interactions in its cluster and in any cluster merged into it). Also counted: impure proposal
-clusters, redundant proposals (more than one for an intent), spurious ones (their members are
-mostly traffic nobody planted as failing), and whether each recalled intent got the expected kind.
+A planted intent is *recalled* when a cluster behind a proposal (its own, or one merged into it)
+holds at least COVERAGE of the intent's failing interactions and is at least PURITY that intent.
+Also counted: impure proposal clusters, redundant proposals (more than one proposal with a
+cluster of the same intent), spurious ones (every cluster mostly traffic nobody planted as
+failing), and whether each recalled intent got the expected kind.
 """
 
 from __future__ import annotations
@@ -100,27 +100,30 @@ def score_queue(session: Session, scenario: Scenario) -> QueueScore:
     }
     proposals_per_label: Counter[str] = Counter()
     for row in rows:
-        cluster_ids = proposal_cluster_ids(row)
-        result.clusters += len(cluster_ids)
-        for cluster_id in cluster_ids:
+        # Each cluster behind a proposal is scored on its own: a prompt edit merged across
+        # topics (one instruction fixes them all) recalls each topic it covers.
+        majorities: set[str] = set()
+        for cluster_id in proposal_cluster_ids(row):
             labels = Counter(members.get(cluster_id, []))
-            if labels and labels.most_common(1)[0][1] < PURITY * sum(labels.values()):
+            if not labels:
+                continue
+            result.clusters += 1
+            label, count = labels.most_common(1)[0]
+            purity = count / sum(labels.values())
+            if purity < PURITY:
                 result.impure_clusters += 1
-        labels = Counter(label for c in cluster_ids for label in members.get(c, []))
-        if not labels:
-            continue
-        label, count = labels.most_common(1)[0]
-        proposals_per_label[label] += 1
-        if label not in scenario.planted:
+            majorities.add(label)
+            if label not in scenario.planted:
+                continue
+            coverage = count / max(1, failing_per_label[label])
+            candidate = best[label]
+            if (purity >= PURITY, coverage) > (candidate.purity >= PURITY, candidate.coverage):
+                candidate.proposal_id, candidate.kind = row.id, row.kind
+                candidate.purity, candidate.coverage = round(purity, 3), round(coverage, 3)
+                candidate.recalled = purity >= PURITY and coverage >= COVERAGE
+        proposals_per_label.update(majorities)
+        if majorities and not majorities & set(scenario.planted):
             result.spurious += 1
-            continue
-        purity = count / sum(labels.values())
-        coverage = count / max(1, failing_per_label[label])
-        candidate = best[label]
-        if (purity >= PURITY, coverage) > (candidate.purity >= PURITY, candidate.coverage):
-            candidate.proposal_id, candidate.kind = row.id, row.kind
-            candidate.purity, candidate.coverage = round(purity, 3), round(coverage, 3)
-            candidate.recalled = purity >= PURITY and coverage >= COVERAGE
     result.redundant = sum(
         n - 1 for label, n in proposals_per_label.items() if label in scenario.planted
     )

@@ -108,6 +108,27 @@ def test_score_counts_recall_purity_redundancy_and_spurious(tmp_path) -> None:
     assert any("redundant" in m for m in result.misses())
 
 
+def test_a_prompt_edit_merged_across_topics_recalls_each_topic(tmp_path) -> None:
+    """One instruction ("be concise") fixes several topics: each cluster behind the proposal is
+    scored on its own, so one merged proposal recalls every pure topic it covers."""
+    sessions = make_db(tmp_path)
+    scenario = plant(_labelled(10, 30), app_id="app",
+                     config=PlantConfig(failing_intents=2, healthy=50), now=NOW)  # fmt: skip
+    a, b = sorted(scenario.planted)
+    ids = {label: [i for i, t in scenario.truth.items() if t == label] for label in (a, b)}
+    with sessions() as session:
+        for label, cluster_id in ((a, "ca"), (b, "cb")):
+            for interaction_id in ids[label][:20]:
+                session.add(_interaction(interaction_id, cluster_id))
+        merged = _proposal("ca", "system_prompt_edit")
+        merged.payload = {"evidence": {"parts": [{"cluster_id": "ca"}, {"cluster_id": "cb"}]}}
+        session.add(merged)
+        session.commit()
+        result = score_queue(session, scenario)
+    assert result.recalled == 2 and result.clusters == 2
+    assert result.redundant == 0 and result.spurious == 0
+
+
 def _interaction(interaction_id: str, cluster_id: str | None) -> Interaction:
     return Interaction(
         event_id=f"e-{interaction_id}", app_id="app", interaction_id=interaction_id,
