@@ -17,12 +17,22 @@ HERE = Path(__file__).resolve().parent
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--clinc", required=True, help="path to CLINC150 data_full.json")
-    parser.add_argument("--quick", action="store_true", help="skip the slowest runs (1M vectors, BERTopic)")
+    parser.add_argument(
+        "--quick", action="store_true", help="skip the slowest runs (1M vectors, BERTopic)"
+    )
     args = parser.parse_args()
     quick = ["--quick"] if args.quick else []
     runs = [
         ("spine: ingest, embedding, demo", ["bench_spine.py", "--clinc", args.clinc]),
-        ("clustering: CLINC150 quality, failure-mode recall, scale", ["bench_cluster.py", "--clinc", args.clinc, *quick]),
+        (
+            "clustering: CLINC150, HWU64, SNIPS quality vs k-means (true k) and BERTopic, "
+            "failure-mode recall, scale",
+            ["bench_cluster.py", "--clinc", args.clinc, *quick],
+        ),
+        (
+            "failure-mode scenario per labelled set, real roles, SQLite and PostgreSQL",
+            ["bench_scenario.py", "--clinc", args.clinc],
+        ),
         ("redaction", ["bench_redaction.py"]),
         ("ingest with signals", ["bench_ingest_signals.py"]),
         ("review API latency", ["bench_api.py"]),
