@@ -1,7 +1,8 @@
 """Score an app's review queue against the failure modes planted in it.
 
-A planted intent is *recalled* when a cluster behind a proposal (its own, or one merged into it)
-holds at least COVERAGE of the intent's failing interactions and is at least PURITY that intent.
+A planted intent is *recalled* when the clusters behind one proposal (its own and those merged
+into it) whose members are mostly that intent hold at least COVERAGE of its failing interactions,
+at least PURITY of their members being that intent.
 Also counted: impure proposal clusters, redundant proposals (more than one proposal with a
 cluster of the same intent), spurious ones (every cluster mostly traffic nobody planted as
 failing), and whether each recalled intent got the expected kind.
@@ -100,29 +101,31 @@ def score_queue(session: Session, scenario: Scenario) -> QueueScore:
     }
     proposals_per_label: Counter[str] = Counter()
     for row in rows:
-        # Each cluster behind a proposal is scored on its own: a prompt edit merged across
-        # topics (one instruction fixes them all) recalls each topic it covers.
-        majorities: set[str] = set()
+        # The clusters behind a proposal, grouped by the intent most of their members are: a
+        # prompt edit merged across topics (one instruction fixes them all) recalls each topic
+        # it covers, and a topic split in two and merged back counts whole.
+        groups: dict[str, Counter[str]] = defaultdict(Counter)
         for cluster_id in proposal_cluster_ids(row):
             labels = Counter(members.get(cluster_id, []))
             if not labels:
                 continue
             result.clusters += 1
             label, count = labels.most_common(1)[0]
-            purity = count / sum(labels.values())
-            if purity < PURITY:
+            if count < PURITY * sum(labels.values()):
                 result.impure_clusters += 1
-            majorities.add(label)
+            groups[label].update(labels)
+        for label, labels in groups.items():
             if label not in scenario.planted:
                 continue
-            coverage = count / max(1, failing_per_label[label])
+            purity = labels[label] / sum(labels.values())
+            coverage = labels[label] / max(1, failing_per_label[label])
             candidate = best[label]
             if (purity >= PURITY, coverage) > (candidate.purity >= PURITY, candidate.coverage):
                 candidate.proposal_id, candidate.kind = row.id, row.kind
                 candidate.purity, candidate.coverage = round(purity, 3), round(coverage, 3)
                 candidate.recalled = purity >= PURITY and coverage >= COVERAGE
-        proposals_per_label.update(majorities)
-        if majorities and not majorities & set(scenario.planted):
+        proposals_per_label.update(groups.keys())
+        if groups and not set(groups) & set(scenario.planted):
             result.spurious += 1
     result.redundant = sum(
         n - 1 for label, n in proposals_per_label.items() if label in scenario.planted

@@ -109,23 +109,25 @@ def test_score_counts_recall_purity_redundancy_and_spurious(tmp_path) -> None:
 
 
 def test_a_prompt_edit_merged_across_topics_recalls_each_topic(tmp_path) -> None:
-    """One instruction ("be concise") fixes several topics: each cluster behind the proposal is
-    scored on its own, so one merged proposal recalls every pure topic it covers."""
+    """One instruction ("be concise") fixes several topics: one merged proposal recalls every
+    pure topic it covers, and a topic split in two clusters and merged back counts whole."""
     sessions = make_db(tmp_path)
     scenario = plant(_labelled(10, 30), app_id="app",
                      config=PlantConfig(failing_intents=2, healthy=50), now=NOW)  # fmt: skip
     a, b = sorted(scenario.planted)
     ids = {label: [i for i, t in scenario.truth.items() if t == label] for label in (a, b)}
     with sessions() as session:
-        for label, cluster_id in ((a, "ca"), (b, "cb")):
-            for interaction_id in ids[label][:20]:
+        for label, cluster_id, members in ((a, "ca", ids[a][:20]), (b, "cb", ids[b][:10]),
+                                           (b, "cb2", ids[b][10:20])):  # fmt: skip
+            for interaction_id in members:
                 session.add(_interaction(interaction_id, cluster_id))
         merged = _proposal("ca", "system_prompt_edit")
-        merged.payload = {"evidence": {"parts": [{"cluster_id": "ca"}, {"cluster_id": "cb"}]}}
+        parts = [{"cluster_id": c} for c in ("ca", "cb", "cb2")]
+        merged.payload = {"evidence": {"parts": parts}}
         session.add(merged)
         session.commit()
         result = score_queue(session, scenario)
-    assert result.recalled == 2 and result.clusters == 2
+    assert result.recalled == 2 and result.clusters == 3
     assert result.redundant == 0 and result.spurious == 0
 
 
