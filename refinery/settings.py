@@ -294,6 +294,13 @@ class Settings(BaseSettings):
         " clustered and the rest assigned (bounds time and memory).",
     )
     cluster_min_size: int = Field(5, description="Fewest members of a cluster; smaller go to outliers.")
+    cluster_split_min_share: float = Field(
+        0.25,
+        description="Share of a cluster's members (and at least CLUSTER_MIN_SIZE of them) that two"
+        " or more failure types (correction, behaviour complaint, retrieval gap) must each reach"
+        " for the cluster to be split into one cluster per type: one topic failing in two ways is"
+        " two failure modes. Above 1 never splits.",
+    )
     cluster_match_overlap: float = Field(
         0.5, description="Shared members / smaller cluster at which a new cluster keeps an old cluster's id."
     )

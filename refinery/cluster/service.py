@@ -6,7 +6,8 @@ cluster_checked_at. Single writer per app: the Celery task holds the app's clust
 apps: every query is scoped by app_id.
 
 One run, over the failing interactions of the last CLUSTER_WINDOW_DAYS that have a vector:
-1. cluster them (refinery.cluster.algorithm, no k given);
+1. cluster them (refinery.cluster.algorithm, no k given), then split a cluster whose members
+   fail in clearly different ways (refinery.cluster.split, by refinery.signals.evidence);
 2. give each new cluster, largest first, the id of the old active cluster it shares most members
    with (overlap over the smaller side >= CLUSTER_MATCH_OVERLAP); then clusters still without
    one take the id of the most similar unclaimed old centroid (>= CLUSTER_MATCH_CENTROID_SIMILARITY:
@@ -23,26 +24,31 @@ import hashlib
 import logging
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 import numpy as np
-from sqlalchemy import false, select, true, update
+from sqlalchemy import Row, false, select, true, update
 from sqlalchemy.orm import Session
 
 from refinery.cluster.algorithm import centroids as compute_centroids
 from refinery.cluster.algorithm import fit_clusters
 from refinery.cluster.labels import cluster_keywords, representative_queries
 from refinery.cluster.lineage import lineage
+from refinery.cluster.split import split_by_failure_type
 from refinery.cluster.titles import Titler
 from refinery.cluster.trends import refresh_trends
 from refinery.embed.service import vectors_from_rows
 from refinery.settings import Settings
+from refinery.signals.evidence import TYPED_FEEDBACK_KINDS, FeedbackTuple, failure_type
 from refinery.store.models import (
     Cluster,
     ClusterEvent,
     ClusterRun,
     Embedding,
+    Feedback,
     Interaction,
     utcnow,
 )
@@ -66,6 +72,7 @@ class ClusterRunResult:
     retired: int = 0
     merges: int = 0
     splits: int = 0
+    type_splits: int = 0  # text clusters split by their members' failure types
 
 
 def _new_cluster_id(app_id: str, member_ids: list[int]) -> str:
@@ -84,11 +91,12 @@ def recluster_app(
     titler: Titler | None = None,
 ) -> ClusterRunResult:
     now = now or utcnow()
+    window_start = now - timedelta(days=settings.cluster_window_days)
     run = ClusterRun(
         id=f"r_{uuid.uuid4().hex[:16]}",
         app_id=app_id,
         started_at=now,
-        window_start=now - timedelta(days=settings.cluster_window_days),
+        window_start=window_start,
         counts={},
     )
     result = ClusterRunResult(app_id=app_id, run_id=run.id)
@@ -98,6 +106,9 @@ def recluster_app(
             Interaction.query,
             Interaction.cluster_id,
             Interaction.cluster_checked_at,
+            Interaction.interaction_id,
+            Interaction.response,
+            Interaction.sources,
             Embedding.vector,
             Embedding.dim,
         )
@@ -108,7 +119,7 @@ def recluster_app(
         .where(
             Interaction.app_id == app_id,
             Interaction.failing == true(),
-            Interaction.occurred_at >= run.window_start,
+            Interaction.occurred_at >= window_start,
         )
         .order_by(Interaction.id)
     ).all()
@@ -141,8 +152,16 @@ def recluster_app(
             similarity_min=settings.cluster_similarity_min,
             similarity_max=settings.cluster_similarity_max,
         )
-        labels = clustering.labels
         threshold = clustering.similarity_threshold
+        # A topic that fails in two clear ways is two failure modes: split it by the members'
+        # evidence before ids and lineage are given, so each part is simply a cluster.
+        labels, result.type_splits = split_by_failure_type(
+            clustering.labels,
+            _failure_types(session, app_id, window_start, rows, settings),
+            vectors,
+            min_size=settings.cluster_min_size,
+            min_share=settings.cluster_split_min_share,
+        )
         log.info(
             "app %s: %d failing queries cut at similarity %.2f (%s)",
             app_id,
@@ -150,6 +169,10 @@ def recluster_app(
             threshold,
             "chosen from the data" if clustering.chosen else "fixed",
         )
+        if result.type_splits:
+            log.info(
+                "app %s: %d clusters split by how their members failed", app_id, result.type_splits
+            )
     else:
         vectors = np.zeros((0, 0), dtype=np.float32)
         labels = np.empty(0, dtype=np.int64)
@@ -304,12 +327,47 @@ def recluster_app(
         "retired": result.retired,
         "merges": result.merges,
         "splits": result.splits,
+        "type_splits": result.type_splits,
         # The average-linkage cut this run used (chosen per run unless the setting fixes it).
         "similarity_threshold": None if threshold is None else round(threshold, 4),
     }
     session.add(run)
     session.flush()
     return result
+
+
+def _failure_types(
+    session: Session,
+    app_id: str,
+    window_start: datetime,
+    rows: Sequence[Row[Any]],
+    settings: Settings,
+) -> list[str]:
+    """refinery.signals.evidence.failure_type of each row, from one query for the feedback that
+    can type it (corrections and comments of the window's failing interactions)."""
+    feedback: dict[str, list[FeedbackTuple]] = {}
+    for interaction_id, kind, text in session.execute(
+        select(Feedback.interaction_id, Feedback.kind, Feedback.text)
+        .join(
+            Interaction,
+            (Interaction.app_id == Feedback.app_id)
+            & (Interaction.interaction_id == Feedback.interaction_id),
+        )
+        .where(
+            Feedback.app_id == app_id,
+            Feedback.kind.in_(sorted(TYPED_FEEDBACK_KINDS)),
+            Interaction.failing == true(),
+            Interaction.occurred_at >= window_start,
+        )
+        .order_by(Feedback.id)
+    ):
+        feedback.setdefault(interaction_id, []).append((kind, None, text))
+    return [
+        failure_type(
+            feedback.get(r.interaction_id, []), r.sources, r.response, settings.retrieval_low_score
+        )
+        for r in rows
+    ]
 
 
 def _chunks(items: list[int]) -> list[list[int]]:

@@ -1,6 +1,7 @@
 """Deterministic templates: a cluster's evidence -> the refinement it calls for, or None.
 
-Pure functions over plain data; no database. Each kind is backed by its own evidence on members:
+Pure functions over plain data; no database. Each kind is backed by its own evidence on members,
+read by the predicates of refinery.signals.evidence (the rule the cluster stage splits by):
 - users supplied target answers (corrections)       -> fine-tuning dataset
 - retrieval found nothing useful, or the model said it did not know -> new RAG source
 - feedback complains about a behaviour (length, tone, format, language) -> system prompt edit
@@ -15,11 +16,18 @@ from __future__ import annotations
 
 import difflib
 import json
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 
 from refinery.ingest.storage import normalize_query
+from refinery.signals.evidence import (
+    BEHAVIOUR_RULES,
+    BehaviourRule,
+    behaviour_complaints,
+    correction_text,
+    gap_signals,
+    has_correction,
+)
 from schemas.proposals import (
     Evidence,
     FineTuneDataset,
@@ -62,75 +70,14 @@ class DraftInput:
     extras: dict = field(default_factory=dict)
 
 
-# Responses in which the model admits it lacks the knowledge.
-_ADMITS_NOT_KNOWING = re.compile(
-    r"\b(i (do not|don't|dont) (know|have (any )?(information|details|data))|"
-    r"i'?m not sure|i am not sure|i (could not|couldn't|cannot|can't) find|"
-    r"no information (about|on)|not (able|unable) to find|unable to (find|answer)|"
-    r"i (cannot|can't) answer|outside (of )?my knowledge)\b",
-    re.IGNORECASE,
-)
-
-
-@dataclass(frozen=True)
-class BehaviourRule:
-    name: str
-    pattern: re.Pattern[str]
-    instruction: str
-
-
-BEHAVIOUR_RULES = [
-    BehaviourRule(
-        "length",
-        re.compile(
-            r"too long|verbose|wordy|shorter|concise|tl;?dr|rambl|wall of text|to the point", re.I
-        ),
-        "Keep answers brief: lead with the answer in one or two sentences, then at most five "
-        "short steps. Offer more detail only if the user asks for it.",
-    ),
-    BehaviourRule(
-        "detail",
-        re.compile(r"too short|more detail|not enough detail|elaborate|too vague|vague", re.I),
-        "Give complete answers: include the concrete steps, values and conditions the user "
-        "needs to act without asking again.",
-    ),
-    BehaviourRule(
-        "tone",
-        re.compile(r"rude|condescending|patroniz|unfriendly|robotic|cold|impolite|tone", re.I),
-        "Use a warm, respectful tone; acknowledge the user's situation before answering.",
-    ),
-    BehaviourRule(
-        "format",
-        re.compile(
-            r"bullet|numbered|list|step[- ]by[- ]step|formatting|format|table|markdown", re.I
-        ),
-        "Format multi-step instructions as a numbered list, one action per step.",
-    ),
-    BehaviourRule(
-        "language",
-        re.compile(
-            r"wrong language|in english|in spanish|in french|in german|my language|language", re.I
-        ),
-        "Reply in the language the user wrote in.",
-    ),
-]
-
-
 def retrieval_gap_counts(members: list[MemberEvidence], low_score: float) -> dict[str, int]:
     counts = {"no_sources": 0, "low_retrieval_score": 0, "admits_not_knowing": 0, "any_gap": 0}
     for m in members:
-        scores = [float(s["score"]) for s in m.sources if s.get("score") is not None]
-        gap = False
-        if not m.sources:
-            counts["no_sources"] += 1
-            gap = True
-        elif scores and max(scores) < low_score:
-            counts["low_retrieval_score"] += 1
-            gap = True
-        if _ADMITS_NOT_KNOWING.search(m.response):
-            counts["admits_not_knowing"] += 1
-            gap = True
-        counts["any_gap"] += gap
+        gap = gap_signals(m.sources, m.response, low_score)
+        counts["no_sources"] += gap.no_sources
+        counts["low_retrieval_score"] += gap.low_retrieval_score
+        counts["admits_not_knowing"] += gap.admits_not_knowing
+        counts["any_gap"] += gap.any
     return counts
 
 
@@ -138,10 +85,7 @@ def behaviour_counts(members: list[MemberEvidence]) -> Counter[str]:
     """How many members' feedback text complains about each behaviour."""
     counts: Counter[str] = Counter()
     for m in members:
-        texts = " ".join(t for kind, _, t in m.feedback if t and kind in {"comment", "edit"})
-        for rule in BEHAVIOUR_RULES:
-            if texts and rule.pattern.search(texts):
-                counts[rule.name] += 1
+        counts.update(behaviour_complaints(m.feedback))
     return counts
 
 
@@ -150,8 +94,9 @@ def target_answers(members: list[MemberEvidence]) -> dict[str, tuple[str, str]]:
     targets: dict[str, tuple[str, str]] = {}
     for m in sorted(members, key=lambda m: (m.occurred_at, m.interaction_id)):
         for kind, _, text in m.feedback:
-            if kind == "correction" and text and text.strip():
-                targets[normalize_query(m.query)] = (m.query, text.strip())
+            answer = correction_text(kind, text)
+            if answer:
+                targets[normalize_query(m.query)] = (m.query, answer)
     return targets
 
 
@@ -183,10 +128,7 @@ class KindEvidence:
 
 
 def kind_evidence(data: DraftInput) -> KindEvidence:
-    corrected = sum(
-        any(kind == "correction" and text and text.strip() for kind, _, text in m.feedback)
-        for m in data.members
-    )
+    corrected = sum(has_correction(m.feedback) for m in data.members)
     return KindEvidence(
         members=len(data.members),
         corrected=corrected,
