@@ -42,7 +42,12 @@ from refinery.cluster.titles import Titler
 from refinery.cluster.trends import refresh_trends
 from refinery.embed.service import vectors_from_rows
 from refinery.settings import Settings
-from refinery.signals.evidence import TYPED_FEEDBACK_KINDS, FeedbackTuple, failure_type
+from refinery.signals.evidence import (
+    TYPED_FEEDBACK_KINDS,
+    UNSPECIFIED,
+    FeedbackTuple,
+    failure_type,
+)
 from refinery.store.models import (
     Cluster,
     ClusterEvent,
@@ -107,7 +112,6 @@ def recluster_app(
             Interaction.cluster_id,
             Interaction.cluster_checked_at,
             Interaction.interaction_id,
-            Interaction.response,
             Interaction.sources,
             Embedding.vector,
             Embedding.dim,
@@ -344,7 +348,8 @@ def _failure_types(
     settings: Settings,
 ) -> list[str]:
     """refinery.signals.evidence.failure_type of each row, from one query for the feedback that
-    can type it (corrections and comments of the window's failing interactions)."""
+    can type it (corrections and comments of the window's failing interactions). Responses can be
+    long, so they are read only for rows that nothing else typed, a chunk at a time."""
     feedback: dict[str, list[FeedbackTuple]] = {}
     for interaction_id, kind, text in session.execute(
         select(Feedback.interaction_id, Feedback.kind, Feedback.text)
@@ -362,12 +367,19 @@ def _failure_types(
         .order_by(Feedback.id)
     ):
         feedback.setdefault(interaction_id, []).append((kind, None, text))
-    return [
-        failure_type(
-            feedback.get(r.interaction_id, []), r.sources, r.response, settings.retrieval_low_score
-        )
-        for r in rows
-    ]
+    low = settings.retrieval_low_score
+    types = [failure_type(feedback.get(r.interaction_id, []), r.sources, None, low) for r in rows]
+    # Only a response admitting it does not know can still type these (as a retrieval gap).
+    untyped = {r.id: i for i, r in enumerate(rows) if types[i] == UNSPECIFIED}
+    for chunk in _chunks(sorted(untyped)):
+        for row_id, response in session.execute(
+            select(Interaction.id, Interaction.response).where(Interaction.id.in_(chunk))
+        ):
+            r = rows[untyped[row_id]]
+            types[untyped[row_id]] = failure_type(
+                feedback.get(r.interaction_id, []), r.sources, response, low
+            )
+    return types
 
 
 def _chunks(items: list[int]) -> list[list[int]]:

@@ -74,12 +74,18 @@ def test_unspecified_members_join_the_part_they_are_closest_to() -> None:
 # --- through the cluster and propose stages --------------------------------------------------
 
 
-def _failing(session, queries: list[str], embedder: TopicEmbedder, feedback) -> list[int]:  # type: ignore[no-untyped-def]
-    """Failing interactions that had good sources and a plain answer, with `feedback(i)`."""
+def _failing(  # type: ignore[no-untyped-def]
+    session,
+    queries: list[str],
+    embedder: TopicEmbedder,
+    feedback,
+    response: str = "Here is what the help center says about that.",
+) -> list[int]:
+    """Failing interactions that had good sources and `response`, with `feedback(i)`."""
     ids = add_interactions(session, "shop", queries, embedder=embedder)
     for row in session.scalars(select(Interaction).where(Interaction.id.in_(ids))):
         row.sources = GOOD_SOURCES
-        row.response = "Here is what the help center says about that."
+        row.response = response
         for kind, value, text in feedback(row.id):
             n = next(_fb)
             session.add(
@@ -186,3 +192,25 @@ def test_a_topic_that_starts_failing_a_second_way_splits_and_keeps_its_id(tmp_pa
         assert {owners[i] for i in too_long} == {original}, "the larger part keeps the id"
         (new,) = {owners[i] for i in corrected}
         assert new != original
+
+
+def test_a_response_admitting_it_does_not_know_is_a_gap_of_its_own(tmp_path) -> None:
+    sessions, embedder = make_db(tmp_path), TopicEmbedder(noise=0.3)
+    queries = topic_queries("refund", 30)
+    with sessions() as session:
+        corrected = _failing(session, queries[:15], embedder, _corrected)
+        unknown = _failing(
+            session, queries[15:], embedder, _thumbs_down, response="Sorry, I don't know that."
+        )
+        result = recluster_app(session, "shop", settings(), MODEL, now=NOW)
+        propose_for_app(session, "shop", settings(), MODEL)
+        session.commit()
+
+        assert result.type_splits == 1
+        owners = cluster_of(session, corrected + unknown)
+        (correction_cluster,) = {owners[i] for i in corrected}
+        (gap_cluster,) = {owners[i] for i in unknown}
+        assert _pending(session) == {
+            correction_cluster: "fine_tune_dataset",
+            gap_cluster: "rag_source",
+        }
