@@ -305,3 +305,28 @@ def test_sampled_path_chooses_on_the_first_sample() -> None:
     result = algorithm.fit_clusters(x, **PARAMS, max_graph_points=300)
     assert result.chosen and result.similarity_threshold < 0.35
     assert adjusted_rand_score(truth, result.labels) >= 0.95
+
+
+def test_threshold_chosen_on_a_sample_above_the_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Above _CHOOSE_MAX_POINTS distinct vectors the cut is chosen on a uniform sample (average
+    # linkage heights are means over pairs, so the sample has the data's cuts) and the linkage
+    # over all vectors stops at it: the same topics as choosing on everything.
+    x, truth, _ = _blobs([120, 100, 90, 80, 60, 50], spread=_spread_for(0.35), seed=18)
+    full = algorithm.fit_clusters(x, **PARAMS)
+    monkeypatch.setattr(algorithm, "_CHOOSE_MAX_POINTS", 200)
+    sampled = algorithm.fit_clusters(x, **PARAMS)
+    assert sampled.chosen and abs(sampled.similarity_threshold - full.similarity_threshold) <= 0.1
+    assert sampled.labels.max() + 1 == 6
+    assert adjusted_rand_score(truth, sampled.labels) >= 0.95
+
+
+def test_clustered_points_sit_with_their_most_similar_centroid() -> None:
+    # Lloyd iterations run to convergence after the cut: every clustered point's most similar
+    # centroid is its own cluster's (outliers stay out).
+    x, _, _ = _blobs([40, 35, 30], spread=_spread_for(0.25), seed=19)
+    noise = _normalize(np.random.default_rng(20).standard_normal((4, DIM)))
+    x = np.vstack([x, noise])
+    labels = cluster_vectors(x, **PARAMS)
+    clustered = labels >= 0
+    nearest = np.argmax(x[clustered] @ centroids(x, labels).T, axis=1)
+    assert np.mean(nearest == labels[clustered]) >= 0.999
