@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,8 +46,10 @@ def run_scenario(
     timeout_s: float = 600,
     settle_s: float = 20,
     worker_args: tuple[str, ...] = (),
+    then: Callable[[], None] | None = None,
 ) -> ScenarioRun:
-    """`services`: KAFKA_BOOTSTRAP_SERVERS, REDIS_URL, DATABASE_URL (+ topic names), as env."""
+    """`services`: KAFKA_BOOTSTRAP_SERVERS, REDIS_URL, DATABASE_URL (+ topic names), as env.
+    `then` runs after the queue is complete and scored, while the roles still run."""
     database_url = services["DATABASE_URL"]
     workdir.mkdir(parents=True, exist_ok=True)
     with Roles(services, workdir) as roles:
@@ -61,6 +64,9 @@ def run_scenario(
         )
         with session_scope(database_url) as session:
             score = score_queue(session, scenario)
+        if then is not None:
+            then()
+            roles.check_alive()
     return ScenarioRun(score, events, seconds, timed_out)
 
 

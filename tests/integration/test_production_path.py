@@ -5,7 +5,9 @@ Kafka-protocol broker (Tansu), Redis, and PostgreSQL or SQLite, with nothing set
 services are. The demo's workload is produced the way an app would: healthy traffic with some
 noise, and three planted failure modes. Nobody sends a task by hand: the queue must fill by
 itself (refine on arriving work, beat as the safety net), with one proposal per planted mode, of
-the right kind, none for healthy traffic, and the optional region-rate step done on each database.
+the right kind, none for healthy traffic, and the optional region-rate step done on each
+database. Then every Celery task is sent once more by name, on that database: each succeeds and
+none changes the complete queue.
 """
 
 from __future__ import annotations
@@ -22,6 +24,19 @@ from tests.integration.helpers import wait_for
 
 pytestmark = pytest.mark.integration
 
+EVERY_TASK = (  # (name, args, queue); "APP" stands for the app id, "SESSION" for a session ref
+    ("refinery.embed_interactions", ([1, 2, 3],), "embed"),
+    ("refinery.assign_clusters", (), "propose"),
+    ("refinery.cluster_app", ("APP",), "cluster"),
+    ("refinery.propose_for_app", ("APP",), "propose"),
+    ("refinery.refresh_region_rates", ("APP",), "embed"),
+    ("refinery.refine_app", ("APP",), "cluster"),
+    ("refinery.refine_all_apps", (), "cluster"),
+    ("refinery.detect_session_signals", (["SESSION"],), "signals"),
+    ("refinery.sweep_abandoned_sessions", (), "propose"),
+    ("refinery.sweep_orphan_feedback", (), "propose"),
+)
+
 
 @pytest.mark.parametrize("database", ["postgres", "sqlite"])
 def test_roles_as_processes_fill_the_queue(
@@ -36,7 +51,37 @@ def test_roles_as_processes_fill_the_queue(
         "DATABASE_URL": database_url,
         **{name.upper(): value for name, value in topics.items()},
     }
-    run = run_scenario(scenario, services, workdir=tmp_path / "roles", timeout_s=420)
+    seen: dict[str, object] = {}
+
+    def region_rates() -> list[float]:
+        with session_scope(database_url) as session:
+            pending = {row.cluster_id for row in _pending(session)}
+            rates = session.scalars(
+                select(Cluster.region_failure_rate).where(Cluster.id.in_(pending))
+            ).all()
+        return [r for r in rates if r is not None] if len(rates) == len(pending) else []
+
+    def every_task_again() -> None:
+        from celery import Celery
+
+        # The optional region step runs after the proposals, never before them.
+        seen["rates"] = wait_for(region_rates, timeout_s=180, interval_s=1, what="region rates")
+        with session_scope(database_url) as session:
+            seen["before"] = _versions(session)
+        client = Celery("operator", broker=redis_url, backend=redis_url)
+        session_ref = f"{APP_ID}/{work.interactions[0]['session_id']}"
+        for name, args, queue in EVERY_TASK:
+            args = tuple(
+                APP_ID if a == "APP" else [session_ref] if a == ["SESSION"] else a for a in args
+            )
+            client.send_task(name, args=args, queue=queue).get(timeout=180)
+        client.close()
+        with session_scope(database_url) as session:
+            seen["after"] = _versions(session)
+
+    run = run_scenario(
+        scenario, services, workdir=tmp_path / "roles", timeout_s=420, then=every_task_again
+    )
 
     assert not run.timed_out, "the queue was not complete within the time limit"
     score = run.score
@@ -44,23 +89,22 @@ def test_roles_as_processes_fill_the_queue(
         intent: (True, kind) for intent, kind in work.planted.items()
     }
     assert score.redundant == 0 and score.spurious == 0 and score.impure_clusters == 0
-    with session_scope(database_url) as session:
-        pending = session.scalars(
+    assert score.proposals == len(work.planted)
+    # Region rates were stored on this database (the sample once overflowed on PostgreSQL):
+    # each planted mode's region is mostly failing, since the healthy traffic asks other things.
+    rates = seen["rates"]
+    assert isinstance(rates, list) and all(rate > 0.5 for rate in rates), rates
+    # Every task ran again on this database and left the complete queue as it was.
+    assert seen["before"] == seen["after"] and len(seen["after"]) == len(work.planted)  # type: ignore[arg-type]
+
+
+def _pending(session) -> list[ProposalRow]:  # type: ignore[no-untyped-def]
+    return list(
+        session.scalars(
             select(ProposalRow).where(ProposalRow.app_id == APP_ID, ProposalRow.status == "pending")
-        ).all()
-    assert len(pending) == len(work.planted)
+        )
+    )
 
-    def region_rates() -> list[float | None]:
-        with session_scope(database_url) as session:
-            rates = session.scalars(
-                select(Cluster.region_failure_rate).where(
-                    Cluster.id.in_({row.cluster_id for row in pending})
-                )
-            ).all()
-        return list(rates) if rates and all(r is not None for r in rates) else []
 
-    # The optional region step ran on this database (it once overflowed on PostgreSQL), after
-    # the proposals, never before them: each planted mode's region is mostly failing, since
-    # the healthy traffic asks other things.
-    rates = wait_for(region_rates, timeout_s=180, interval_s=1, what="region failure rates")
-    assert all(rate is not None and rate > 0.5 for rate in rates), rates
+def _versions(session) -> list[tuple[str, int]]:  # type: ignore[no-untyped-def]
+    return sorted((row.id, row.version) for row in _pending(session))
