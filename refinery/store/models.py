@@ -280,6 +280,19 @@ class ApiToken(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class UiSession(Base):
+    """A web UI log-in: the cookie holds a random id, only its sha256 is stored. It ends at
+    `expires_at`, on log-out (`revoked_at`), or when its token is revoked (refinery.api.tokens)."""
+
+    __tablename__ = "ui_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token_id: Mapped[str] = mapped_column(String(40), ForeignKey("api_tokens.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
 class ClusterRun(Base):
     """One re-cluster of one app: what it saw and what it changed."""
 
