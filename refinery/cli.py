@@ -256,7 +256,7 @@ def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
     """Inspect the dead-letter topic and send records back to where they came from."""
     from datetime import UTC, datetime
 
-    from refinery.ingest.deadletter import read_dead_letters, replay
+    from refinery.ingest.deadletter import read_dead_letters, replay, replay_refusal
     from refinery.kafka.clients import make_producer, security_config
 
     if settings.kafka_bootstrap_servers is None:
@@ -295,14 +295,24 @@ def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     if args.dry_run:
         for d in letters:
-            print(f"would replay {d.partition}:{d.offset} ({d.reason}) -> {d.source_topic}")
+            why = replay_refusal(d)
+            if why is None:
+                print(f"would replay {d.partition}:{d.offset} ({d.reason}) -> {d.source_topic}")
+            else:
+                print(f"would refuse {d.partition}:{d.offset} ({d.reason}): {why}")
         return 0
     producer = make_producer(settings)
     try:
-        sent = replay(producer, letters, settings.topic_dead_letter)
+        done = replay(producer, letters, settings.topic_dead_letter)
     finally:
         producer.close()
-    print(f"replayed {sent} of {len(letters)} dead letter(s) to their source topics")
+    print(f"replayed {done.sent} of {len(letters)} dead letter(s) to their source topics")
+    for d, why in done.refused:
+        print(f"refused {d.partition}:{d.offset} ({d.reason}): {why}", file=sys.stderr)
+    if done.refused:
+        print(f"refused {len(done.refused)} dead letter(s); they stay on"
+              f" {settings.topic_dead_letter}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -7,7 +7,10 @@
 - Validation: each event goes through refinery.ingest.validate, exactly as ingest would see it.
   A body that is not JSON, or any invalid event: 422 naming each invalid event's index, reason
   and (redacted) detail; nothing of that request is accepted, and each invalid event is
-  dead-lettered (header source=collector) and counted like ingest's dead letters.
+  dead-lettered (headers source=collector, principal_app=the key's app; Kafka key the key's
+  app) and counted like ingest's dead letters.
+- Tenant: an event naming an app other than the key's is refused (403, the whole request)
+  before any other validation, so it is neither accepted nor dead-lettered.
 - Accepted: every event is redacted, written to the interactions or feedback topic (key
   app/session) and acknowledged by Kafka (acks=all) before 202 {"accepted": n}; Kafka not
   acknowledging within COLLECTOR_PRODUCE_TIMEOUT_S: 503, and the client retries (event ids make
@@ -183,22 +186,27 @@ def _accept(
             f"{settings.collector_max_batch_events}"
         }
 
+    # The tenant is the key's app, checked before anything else is validated or dead-lettered:
+    # an event claiming another app is refused whole, valid or not, so it can never reach the
+    # dead-letter topic (whence `refinery dlq replay` would store it as the other app's).
+    for index, item in enumerate(items):
+        if isinstance(item, dict) and "app_id" in item and item["app_id"] != key_app:
+            return 403, {
+                "detail": f"event {index} is for app {_shown(item['app_id'])}; this key sends"
+                f" for {key_app!r} only"
+            }
+
     events, invalid = [], []
     for index, item in enumerate(items):
         raw = _encode(item)
         event = parse_event(raw, settings)
-        if not isinstance(event, InvalidEvent) and event.app_id != key_app:
-            return 403, {
-                "detail": f"event {index} is for app {event.app_id!r}; this key sends for"
-                f" {key_app!r} only"
-            }
         if isinstance(event, InvalidEvent):
             invalid.append((index, raw, item, event))
         else:
             events.append(redact_event(event))
     producer = producer_for(request)
     if invalid:
-        _dead_letter(producer, settings, invalid)
+        _dead_letter(producer, settings, key_app, invalid)
         return 422, {
             "detail": f"{len(invalid)} of {len(items)} events are invalid; none was accepted",
             "errors": [
@@ -233,9 +241,20 @@ def _encode(item: Any) -> bytes:
         return json.dumps(item).encode("utf-8")
 
 
+def _shown(value: Any) -> str:
+    """A client's value in a reply, bounded (the reply must not echo a large body back)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _dead_letter(
-    producer: Any, settings: Settings, invalid: list[tuple[int, bytes, Any, InvalidEvent]]
+    producer: Any,
+    settings: Settings,
+    key_app: str,
+    invalid: list[tuple[int, bytes, Any, InvalidEvent]],
 ) -> None:
+    """Dead-letter the invalid events under the key's app (Kafka key and header `principal_app`),
+    never under the app the body names: `refinery dlq replay` checks the two still agree."""
     dead_letters = DeadLetterQueue(
         producer, settings.topic_dead_letter, max_value_bytes=settings.dead_letter_max_value_bytes
     )
@@ -243,13 +262,13 @@ def _dead_letter(
         is_feedback = isinstance(item, dict) and (
             item.get("event_type") == "feedback" or "kind" in item
         )
-        app_id = item.get("app_id") if isinstance(item, dict) else None
         dead_letters.send_raw(
             raw,
             event,
-            key=str(app_id).encode() if isinstance(app_id, str) else None,
+            key=key_app.encode(),
             source_topic=settings.topic_feedback if is_feedback else settings.topic_interactions,
             source="collector",
+            principal_app=key_app,
         )
     try:
         dead_letters.flush()

@@ -4,7 +4,11 @@ The value is the original record redacted of PII (refinery.ingest.redaction.reda
 at DEAD_LETTER_MAX_VALUE_BYTES; headers say why and from where, so `refinery dlq list` can show
 them and `refinery dlq replay` can send them back to their source topic. Headers:
   reason, detail (redacted), source_topic, source_partition, source_offset,
-  source ("kafka", "collector" or "sweep"), value_truncated (original size, when cut).
+  source ("kafka", "collector" or "sweep"), value_truncated (original size, when cut),
+  principal_app (collector only: the app of the ingest key that sent the record).
+
+`replay` sends a collector record back only while its `app_id` is its `principal_app`: the
+tenant comes from the credential, never from the body.
 
 A cap (`DeadLetterCap`) stops ingest when too much is invalid: a misconfigured producer or a
 consumer pointed at the wrong topic must fail loudly, not dead-letter everything.
@@ -12,6 +16,7 @@ consumer pointed at the wrong topic must fail loudly, not dead-letter everything
 
 from __future__ import annotations
 
+import json
 import time
 from collections import deque
 from collections.abc import Iterable
@@ -99,6 +104,7 @@ class DeadLetterQueue:
         source_partition: int = -1,
         source_offset: int = -1,
         source: str = "kafka",
+        principal_app: str | None = None,
     ) -> None:
         value = redact_bytes(value)
         headers = [
@@ -109,6 +115,8 @@ class DeadLetterQueue:
             ("source_offset", str(source_offset).encode()),
             ("source", source.encode()),
         ]
+        if principal_app is not None:
+            headers.append(("principal_app", principal_app.encode()))
         if value is not None and len(value) > self.max_value_bytes:
             headers.append(("value_truncated", str(len(value)).encode()))
             value = value[: self.max_value_bytes]
@@ -191,14 +199,53 @@ def read_dead_letters(
         consumer.close()
 
 
-def replay(producer: KafkaProducer, letters: Iterable[DeadLetter], dead_letter_topic: str) -> int:
-    """Send each dead letter's value back to its source topic; returns how many were sent.
-    The replayed record goes through validation again, so one that is still invalid comes back
-    here; ingest stores each event at most once, so replaying twice is harmless."""
+@dataclass
+class Replayed:
+    """What `replay` did: how many records it sent back, and each one it refused, with why."""
+
+    sent: int = 0
+    refused: list[tuple[DeadLetter, str]] = field(default_factory=list)
+
+
+def replay_refusal(letter: DeadLetter) -> str | None:
+    """Why a dead letter must not go back to its source topic, or None when it may.
+
+    A record the collector took in must still belong to the app of the key that sent it: its
+    `app_id` must equal its `principal_app` header. A collector record without that header (dead-
+    lettered before the header existed) has no tenant to check and is refused too. Records that
+    came from Kafka or the orphan sweep were taken from the topics as they are and go back as is."""
+    if not letter.source_topic:
+        return "no source topic"
+    if "value_truncated" in letter.headers:
+        return "value truncated"
+    if letter.headers.get("source") != "collector":
+        return None
+    principal = letter.headers.get("principal_app")
+    if not principal:
+        return "collector record without principal_app: the sending key is unknown"
+    try:
+        app_id = json.loads(letter.value or b"").get("app_id")
+    except (ValueError, AttributeError):
+        app_id = None
+    if app_id != principal:
+        return f"app_id {app_id!r} is not the sending key's app {principal!r}"
+    return None
+
+
+def replay(
+    producer: KafkaProducer, letters: Iterable[DeadLetter], dead_letter_topic: str
+) -> Replayed:
+    """Send each dead letter's value back to its source topic, except those `replay_refusal`
+    refuses (counted, left where they are). The replayed record goes through validation again, so
+    one that is still invalid comes back here; ingest stores each event at most once, so
+    replaying twice is harmless."""
+    done = Replayed()
     futures = []
     for letter in letters:
-        if not letter.source_topic or "value_truncated" in letter.headers:
-            continue  # nothing to send it back to, or only part of it is left
+        refusal = replay_refusal(letter)
+        if refusal is not None:
+            done.refused.append((letter, refusal))
+            continue
         origin = f"{dead_letter_topic}:{letter.partition}:{letter.offset}".encode()
         futures.append(
             producer.send(
@@ -210,4 +257,5 @@ def replay(producer: KafkaProducer, letters: Iterable[DeadLetter], dead_letter_t
         )
     for future in futures:
         future.get(timeout=30)
-    return len(futures)
+    done.sent = len(futures)
+    return done
