@@ -54,6 +54,17 @@ class EvidencePart(BaseModel):
     label: str = Field(description="Top keywords of the cluster, joined: its topic.")
     keywords: list[str] = Field(default_factory=list)
     size: int = Field(description="Failing interactions of this cluster in the proposal.")
+    trend: list[TrendBucket] = Field(
+        default_factory=list,
+        description="This cluster's failing interactions per bucket, as the cluster stage stored"
+        " them; the proposal's trend is the sum of its parts'.",
+    )
+    growth_rate: float | None = Field(None, description="This cluster's stored growth rate.")
+    emerging: bool = Field(False, description="This cluster's stored emerging flag.")
+    emerging_reason: Literal["new", "rising"] | None = None
+    region_failure_rate: float | None = Field(
+        None, description="This cluster's stored region failure rate."
+    )
 
 
 class Evidence(BaseModel):
@@ -89,19 +100,25 @@ class Evidence(BaseModel):
         " bucket is the current one, still filling.",
     )
     trend_bucket_s: float | None = Field(None, description="Width of a trend bucket in seconds.")
+    trend_baseline_buckets: int | None = Field(
+        None, description="Buckets before the newest whose mean is the baseline of growth_rate."
+    )
     growth_rate: float | None = Field(
         None,
-        description="(newest bucket - mean of the buckets before it) / max(that mean, 1):"
-        " 1.0 means doubled.",
+        description="(newest bucket - mean of the trend_baseline_buckets before it) / max(that"
+        " mean, 1): 1.0 means doubled; for a merged proposal, of the summed trend.",
     )
     emerging: bool = Field(
-        False, description="A new failure mode, or one rising sharply (see emerging_reason)."
+        False,
+        description="A new failure mode, or one rising sharply (see emerging_reason); for a"
+        " merged proposal, whether any part is.",
     )
     emerging_reason: Literal["new", "rising"] | None = Field(None)
     region_failure_rate: float | None = Field(
         None,
         description="Failing share of all interactions near the cluster's centroid, estimated from"
-        " a sample of non-failing ones; None until a sample was drawn.",
+        " a sample of non-failing ones; None until a sample was drawn, and for a merged proposal"
+        " (each part has its own).",
     )
 
 

@@ -14,7 +14,6 @@ reviewer cannot act on "users were unhappy".
 
 from __future__ import annotations
 
-import difflib
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -28,10 +27,12 @@ from refinery.signals.evidence import (
     gap_signals,
     has_correction,
 )
+from schemas.artifacts import added_instruction, prompt_diff, proposal_title, topic_of
 from schemas.proposals import (
     Evidence,
     FineTuneDataset,
     FineTuneDatasetProposal,
+    ProposalKind,
     RagSourceManifest,
     RagSourceProposal,
     SystemPromptEdit,
@@ -178,16 +179,19 @@ def _merged_note(data: DraftInput) -> str:
 
 
 def _topic(data: DraftInput) -> str:
-    return " ".join(data.keywords[:3]) or "uncategorized"
+    # The cluster's label, as reviewers see it beside the title (schemas.artifacts.topic_of).
+    return topic_of(data.evidence)
 
 
 def _fine_tune(data: DraftInput, ev: KindEvidence) -> FineTuneDatasetProposal:
     targets = ev.targets
+    # No system message when the app registered no prompt: an empty one is an invalid row.
+    system = [{"role": "system", "content": data.prompt_text}] if data.prompt_text.strip() else []
     lines = [
         json.dumps(
             {
                 "messages": [
-                    {"role": "system", "content": data.prompt_text},
+                    *system,
                     {"role": "user", "content": query},
                     {"role": "assistant", "content": answer},
                 ]
@@ -197,18 +201,19 @@ def _fine_tune(data: DraftInput, ev: KindEvidence) -> FineTuneDatasetProposal:
         )
         for _, (query, answer) in sorted(targets.items())
     ]
+    artifact = FineTuneDataset(
+        system_prompt=data.prompt_text, rows=len(lines), jsonl="\n".join(lines) + "\n"
+    )
     return FineTuneDatasetProposal(
         app_id=data.app_id,
         cluster_id=data.cluster_id,
-        title=f"Fine-tune on {len(lines)} corrected answers about “{_topic(data)}”",
+        title=proposal_title(ProposalKind.FINE_TUNE_DATASET, artifact.model_dump(), data.evidence),
         rationale=(
             f"{len(targets)} distinct queries received a user correction; the corrections are the "
             f"target answers. {ev.summary()}{_merged_note(data)}"
         ),
         evidence=data.evidence,
-        artifact=FineTuneDataset(
-            system_prompt=data.prompt_text, rows=len(lines), jsonl="\n".join(lines) + "\n"
-        ),
+        artifact=artifact,
     )
 
 
@@ -221,7 +226,7 @@ def _rag_source(data: DraftInput, ev: KindEvidence) -> RagSourceProposal:
     return RagSourceProposal(
         app_id=data.app_id,
         cluster_id=data.cluster_id,
-        title=f"Add a knowledge source on “{topic}”",
+        title=proposal_title(ProposalKind.RAG_SOURCE, {"topic": topic}, data.evidence),
         rationale=(
             f"{gaps['any_gap']} of {len(data.members)} failing interactions had no retrieved "
             f"sources ({gaps['no_sources']}), only weak matches ({gaps['low_retrieval_score']}), "
@@ -245,26 +250,19 @@ def _prompt_edit(
         return None  # already says it; the problem lies elsewhere
     base = data.prompt_text
     proposed = (base.rstrip("\n") + "\n\n" if base.strip() else "") + rule.instruction + "\n"
-    diff = "".join(
-        difflib.unified_diff(
-            base.splitlines(keepends=True),
-            proposed.splitlines(keepends=True),
-            fromfile=f"{data.prompt_name}@{data.prompt_version or 'none'}",
-            tofile=f"{data.prompt_name}@proposed",
-        )
+    artifact = SystemPromptEdit(
+        prompt_name=data.prompt_name,
+        base_version=data.prompt_version,
+        base_text=base,
+        proposed_text=proposed,
+        instruction=added_instruction(base, proposed),
+        diff=prompt_diff(data.prompt_name, data.prompt_version, base, proposed),
     )
     return SystemPromptEditProposal(
         app_id=data.app_id,
         cluster_id=data.cluster_id,
-        title=f"System prompt: address “{rule.name}” complaints on “{_topic(data)}”",
-        rationale=f"{ev.summary()}{_merged_note(data)}",
+        title=proposal_title(ProposalKind.SYSTEM_PROMPT_EDIT, artifact.model_dump(), data.evidence),
+        rationale=f"Addresses “{rule.name}” complaints. {ev.summary()}{_merged_note(data)}",
         evidence=data.evidence,
-        artifact=SystemPromptEdit(
-            prompt_name=data.prompt_name,
-            base_version=data.prompt_version,
-            base_text=base,
-            proposed_text=proposed,
-            instruction=rule.instruction,
-            diff=diff,
-        ),
+        artifact=artifact,
     )

@@ -17,6 +17,7 @@ import numpy as np
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from refinery.cluster.trends import growth
 from refinery.embed.service import vectors_from_rows
 from refinery.ops.metrics import PROPOSALS, after_commit
 from refinery.propose.drafting import DraftInput, MemberEvidence, draft
@@ -206,6 +207,14 @@ def _one_proposal_per_failure_mode(
     return out
 
 
+def merged_growth(trend: list[TrendBucket], baseline_buckets: int | None) -> float | None:
+    """refinery.cluster.trends.growth of the newest bucket of a summed trend."""
+    if not trend or not baseline_buckets:
+        return None
+    counts = [b.count for b in trend]
+    return round(growth(counts[-1], counts[max(0, len(counts) - 1 - baseline_buckets) : -1]), 2)
+
+
 def _merged_input(inputs: list[DraftInput]) -> DraftInput:
     """One draft input from several clusters' (anchor first): members pooled, so every count in
     the title and rationale is over the merged population, and each part listed with its topic."""
@@ -224,6 +233,7 @@ def _merged_input(inputs: list[DraftInput]) -> DraftInput:
         # Buckets are aligned to the epoch, so equal starts are the same bucket in every cluster.
         for bucket in data.evidence.trend:
             trend[bucket.start] += bucket.count
+    summed = [TrendBucket(start=start, count=n) for start, n in sorted(trend.items())]
     evidence = primary.evidence.model_copy(
         update={
             "size": sum(d.evidence.size for d in inputs),
@@ -236,10 +246,28 @@ def _merged_input(inputs: list[DraftInput]) -> DraftInput:
                     label=d.evidence.label,
                     keywords=list(d.evidence.keywords),
                     size=d.evidence.size,
+                    trend=list(d.evidence.trend),
+                    growth_rate=d.evidence.growth_rate,
+                    emerging=d.evidence.emerging,
+                    emerging_reason=d.evidence.emerging_reason,
+                    region_failure_rate=d.evidence.region_failure_rate,
                 )
                 for d in inputs
             ],
-            "trend": [TrendBucket(start=start, count=n) for start, n in sorted(trend.items())],
+            "trend": summed,
+            # Figures of the whole from its parts, never the anchor's alone: the growth of the
+            # summed trend (same rule as refinery.cluster.trends), emerging if any part is.
+            "growth_rate": merged_growth(summed, primary.evidence.trend_baseline_buckets),
+            "emerging": any(d.evidence.emerging for d in inputs),
+            "emerging_reason": next(
+                (
+                    reason
+                    for reason in ("new", "rising")
+                    if any(d.evidence.emerging_reason == reason for d in inputs)
+                ),
+                None,
+            ),
+            "region_failure_rate": None,
         }
     )
     return replace(
@@ -389,6 +417,7 @@ def _draft_input(
         representative_queries=list(cluster.representative_queries or []),
         trend=[TrendBucket.model_validate(b) for b in cluster.trend or []],
         trend_bucket_s=settings.trend_bucket_s if cluster.trend else None,
+        trend_baseline_buckets=settings.trend_baseline_buckets if cluster.trend else None,
         growth_rate=cluster.growth_rate,
         emerging=bool(cluster.emerging),
         emerging_reason=cluster.emerging_reason,

@@ -24,12 +24,23 @@ from refinery.review import service
 from refinery.review.service import (
     PROPOSAL_ADAPTER,
     DecisionConflict,
+    InvalidEdit,
     ProposalNotFound,
+    check_stored,
     conditional_transition,
 )
 from refinery.review.transitions import TransitionRefused, record_audit
 from refinery.store.models import ProposalRow, utcnow
-from schemas.proposals import ProposalKind, ProposalStatus
+from schemas.artifacts import (
+    ArtifactInvalid,
+    added_instruction,
+    check_artifact,
+    prompt_diff,
+    proposal_title,
+)
+from schemas.proposals import Evidence, ProposalKind, ProposalStatus
+
+__all__ = ["InvalidEdit", "prompt_diff", "check_stored"]
 
 # Longest audit detail kept for one edit (the artifact diff is cut beyond it).
 MAX_AUDIT_DETAIL_CHARS = 20_000
@@ -95,33 +106,14 @@ _FIELDS_BY_KIND: dict[str, set[str]] = {
 }
 
 
-class InvalidEdit(ValueError):
-    """The edit does not fit the proposal (HTTP 422); `field` names the offending field."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
-
-
 def dataset_line(row: DatasetRow) -> str:
     # Same serialization as the proposer's, so an unedited row keeps its bytes.
     return json.dumps(row.model_dump(), ensure_ascii=False, sort_keys=True)
 
 
-def prompt_diff(prompt_name: str, base_version: str | None, base: str, proposed: str) -> str:
-    return "".join(
-        difflib.unified_diff(
-            base.splitlines(keepends=True),
-            proposed.splitlines(keepends=True),
-            fromfile=f"{prompt_name}@{base_version or 'none'}",
-            tofile=f"{prompt_name}@proposed",
-        )
-    )
-
-
 def apply_edit(kind: str, payload: dict[str, Any], edit: ArtifactEdit) -> dict[str, Any]:
-    """The proposal payload with `edit` applied, validated; raises InvalidEdit."""
+    """The proposal payload with `edit` applied, its derived fields (diff, instruction, row count,
+    title) recomputed, and checked as the artifact its consumers will read; raises InvalidEdit."""
     given = edit.model_fields_set & {
         name for name in ArtifactEdit.model_fields if getattr(edit, name) is not None
     }
@@ -145,6 +137,7 @@ def apply_edit(kind: str, payload: dict[str, Any], edit: ArtifactEdit) -> dict[s
         artifact["diff"] = prompt_diff(
             artifact["prompt_name"], artifact.get("base_version"), artifact["base_text"], proposed
         )
+        artifact["instruction"] = added_instruction(artifact["base_text"], proposed)
     elif kind == ProposalKind.RAG_SOURCE:
         for name in ("topic", "representative_queries", "must_cover"):
             if name in given:
@@ -155,7 +148,12 @@ def apply_edit(kind: str, payload: dict[str, Any], edit: ArtifactEdit) -> dict[s
         artifact["rows"] = len(lines)
     if artifact == payload["artifact"]:
         raise InvalidEdit(sorted(given)[0], "the edit changes nothing")
-    new_payload = {**payload, "artifact": artifact}
+    try:
+        check_artifact(kind, artifact)
+    except ArtifactInvalid as exc:
+        raise InvalidEdit.of(exc) from exc
+    title = proposal_title(kind, artifact, Evidence.model_validate(payload["evidence"]))
+    new_payload = {**payload, "artifact": artifact, "title": title}
     # Validate the whole proposal again: what approval emits downstream must stay well-typed.
     return PROPOSAL_ADAPTER.validate_python(new_payload).model_dump(mode="json")
 
@@ -212,7 +210,12 @@ def edit_proposal(
                     ProposalRow.version == version,
                     ProposalRow.status == current,
                 )
-                .values(payload=new_payload, version=version + 1, updated_at=now)
+                .values(
+                    payload=new_payload,
+                    title=new_payload["title"],
+                    version=version + 1,
+                    updated_at=now,
+                )
                 .execution_options(synchronize_session=False)
             ).rowcount  # type: ignore[attr-defined]
             if won != 1:

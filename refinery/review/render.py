@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+from refinery.review.figures import evidence_figures, fold
+from refinery.settings import Settings
 from refinery.store.models import AuditEntry, ProposalRow
+from schemas.proposals import Evidence
 
 
 def proposal_summary(row: ProposalRow) -> dict:
@@ -22,44 +25,81 @@ def proposal_summary(row: ProposalRow) -> dict:
     }
 
 
-def proposals_table(rows: list[ProposalRow], total: int) -> str:
+def proposals_table(rows: list[ProposalRow], total: int, offset: int = 0) -> str:
     lines = [f"{'ID':<20} {'STATUS':<10} {'KIND':<19} {'SIZE':>4} {'APP':<16} TITLE"]
     for row in rows:
         s = proposal_summary(row)
-        lines.append(f"{s['id']:<20} {s['status']:<10} {s['kind']:<19} {s['size'] or 0:>4} "
-                     f"{s['app_id']:<16} {s['title']}")
-    lines.append(f"({len(rows)} of {total})")
+        lines.append(
+            f"{s['id']:<20} {s['status']:<10} {s['kind']:<19} {s['size'] or 0:>4} "
+            f"{s['app_id']:<16} {s['title']}"
+        )
+    shown = f"{offset + 1}-{offset + len(rows)}" if rows else "0"
+    lines.append(f"({shown} of {total})")
     return "\n".join(lines)
 
 
-def proposals_json(rows: list[ProposalRow], total: int) -> str:
-    return json.dumps({"total": total, "items": [proposal_summary(r) for r in rows]}, indent=2)
+def proposals_json(rows: list[ProposalRow], total: int, offset: int = 0) -> str:
+    items = [proposal_summary(r) for r in rows]
+    return json.dumps({"total": total, "offset": offset, "items": items}, indent=2)
 
 
 def _history(history: list[AuditEntry]) -> list[dict]:
     return [
         {
-            "at": h.at.isoformat(), "actor": h.actor, "action": h.action, "from": h.from_status,
-            "to": h.to_status, "outcome": h.outcome, "detail": h.detail,
+            "at": h.at.isoformat(),
+            "actor": h.actor,
+            "action": h.action,
+            "from": h.from_status,
+            "to": h.to_status,
+            "outcome": h.outcome,
+            "detail": h.detail,
         }
         for h in history
     ]
 
 
 def proposal_json(row: ProposalRow, history: list[AuditEntry]) -> str:
-    return json.dumps({**proposal_summary(row), "proposal": row.payload, "history": _history(history)},
-                      indent=2, ensure_ascii=False)
+    return json.dumps(
+        {**proposal_summary(row), "proposal": row.payload, "history": _history(history)},
+        indent=2,
+        ensure_ascii=False,
+    )
 
 
-def proposal_text(row: ProposalRow, history: list[AuditEntry]) -> str:
+def proposal_text(
+    row: ProposalRow, history: list[AuditEntry], *, baseline_buckets: int | None = None
+) -> str:
+    """The proposal as the web UI shows it, in plain text: the same figures
+    (refinery.review.figures), feedback once per kind, long responses cut."""
     p = row.payload
-    ev = p["evidence"]
+    ev = Evidence.model_validate(p["evidence"])
+    fig = evidence_figures(
+        ev,
+        default_baseline_buckets=baseline_buckets
+        or int(Settings.model_fields["trend_baseline_buckets"].default),
+    )
+    merged = f", the sum of {len(fig.parts)} clusters" if len(fig.parts) > 1 else ""
     out = [
         f"{row.id}  [{row.status}, version {row.version}]  {row.kind}",
         f"title:     {row.title}",
-        f"app:       {row.app_id}    cluster: {row.cluster_id} ({ev['label']}), {ev['size']} failing",
+        f"app:       {row.app_id}    cluster: {row.cluster_id} ({ev.label})",
+        f"size:      {fig.size} failing interactions when drafted{merged}",
+        f"trend:     {fig.trend.summary if fig.trend else 'not stored with this proposal'}",
+    ]
+    if fig.region_failure_rate is not None:
+        out.append(f"region:    {fig.region_failure_rate:.0%} of sampled interactions nearby fail")
+    if len(fig.parts) > 1:
+        out.append("parts:")
+        for part in fig.parts:
+            trend = (
+                f"{part.trend.total} in the window, growth {part.trend.growth_rate:+.0%}"
+                if part.trend
+                else "trend not stored"
+            )
+            out.append(f"  - {part.cluster_id} {part.label}: {part.size} failing; {trend}")
+    out += [
         f"why:       {p['rationale']}",
-        f"signals:   {', '.join(f'{k}={v}' for k, v in ev['signal_counts'].items())}",
+        f"signals:   {', '.join(f'{k}={v}' for k, v in ev.signal_counts.items())}",
         "",
         "artifact:",
     ]
@@ -72,15 +112,29 @@ def proposal_text(row: ProposalRow, history: list[AuditEntry]) -> str:
         out.append(f"  gap signals: {art['gap_signals']}")
     else:
         out.append(f"  {art['rows']} rows, {art['format']}")
-        out += ["  " + line for line in art["jsonl"].splitlines()[:3]]
+        out += ["  " + fold(line).preview for line in art["jsonl"].splitlines()[:3]]
     out += ["", "examples:"]
-    for ex in ev["examples"]:
-        fb = "; ".join(f"{f['kind']}" + (f" {f['value']:g}" if f.get("value") is not None else "")
-                       + (f": {f['text']!r}" if f.get("text") else "") for f in ex["feedback"])
-        out.append(f"  - Q: {ex['query']!r}")
-        out.append(f"    A: {ex['response'][:160]!r}")
-        out.append(f"    feedback: {fb}")
+    for ex, exf in zip(ev.examples, fig.examples, strict=True):
+        chips = [
+            f.kind
+            + (f" {f.value:g}" if f.value is not None else "")
+            + (f" x{f.count}" if f.count > 1 else "")
+            for f in exf.feedback
+        ]
+        response = fold(ex.response)
+        out.append(f"  - Q: {fold(ex.query).preview!r}")
+        out.append(
+            f"    A: {response.preview!r}"
+            + (f" ({response.chars} characters; --json for all)" if response.folded else "")
+        )
+        out.append(f"    feedback: {', '.join(chips)}")
+        out += [f"    comment: {t!r}" for t in exf.feedback_texts]
+        if exf.reasons:
+            out.append(f"    also: {', '.join(exf.reasons)}")
     out += ["", "history:"]
-    out += [f"  {h['at']} {h['actor']} {h['action']} {h['from']}->{h['to']} {h['outcome']}"
-            + (f" ({h['detail']})" if h["detail"] else "") for h in _history(history)]
+    out += [
+        f"  {h['at']} {h['actor']} {h['action']} {h['from']}->{h['to']} {h['outcome']}"
+        + (f" ({h['detail']})" if h["detail"] else "")
+        for h in _history(history)
+    ]
     return "\n".join(out)

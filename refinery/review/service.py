@@ -7,18 +7,21 @@ audited; refusals are written in their own transaction so a rollback cannot eras
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from pydantic import TypeAdapter
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from refinery.ops.metrics import PROPOSALS, REVIEW_DECISIONS
 from refinery.review.transitions import TransitionRefused, check_transition, record_audit
 from refinery.store.models import AuditEntry, OutboxRow, ProposalRow, utcnow
 from refinery.store.prompts import current_prompt, set_prompt
+from schemas.artifacts import ArtifactInvalid, check_artifact
 from schemas.proposals import ApprovedRefinement, Proposal, ProposalKind, ProposalStatus
 
 PROPOSAL_ADAPTER: TypeAdapter[Proposal] = TypeAdapter(Proposal)
@@ -32,37 +35,138 @@ class DecisionConflict(Exception):
     """Someone else changed the proposal first (HTTP 409)."""
 
 
+class InvalidEdit(ValueError):
+    """The edit does not fit the proposal, or the stored artifact is not one its consumers accept
+    (HTTP 422); `loc` names the offending field, and for a dataset the row (rows.<index>.…)."""
+
+    def __init__(self, field: str, message: str, *, loc: tuple[str | int, ...] = ()) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+        self.loc = loc or (field,)
+
+    @classmethod
+    def of(cls, exc: ArtifactInvalid) -> InvalidEdit:
+        return cls(".".join(str(p) for p in exc.loc), exc.message, loc=exc.loc)
+
+
+def check_stored(kind: str, payload: dict[str, Any]) -> None:
+    """Raise InvalidEdit unless the stored artifact is one its consumers accept: approval runs
+    this, so an artifact stored before a rule existed cannot go downstream either."""
+    try:
+        check_artifact(kind, payload["artifact"])
+    except ArtifactInvalid as exc:
+        raise InvalidEdit.of(exc) from exc
+
+
 @dataclass(frozen=True)
 class ProposalFilter:
     app_id: str | None = None
     kind: str | None = None
     status: str | None = None
     cluster_id: str | None = None
-    created_after: datetime | None = None
-    created_before: datetime | None = None
+    created_after: datetime | None = None  # inclusive
+    created_before: datetime | None = None  # exclusive
+    search: str | None = None  # in titles, cluster labels and example queries, any case
+
+
+# Orders of the queue; ties broken by id, so that pages never overlap.
+SORTS = ("newest", "oldest", "size")
+SEARCH_MAX_CHARS = 200
+
+
+def _contains(column: ColumnElement[str], needle: str) -> ColumnElement[bool]:
+    escaped = needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return func.lower(column).like(f"%{escaped}%", escape="\\")
+
+
+def filter_conditions(filters: ProposalFilter) -> list[ColumnElement[bool]]:
+    """The WHERE clauses of a queue filter, shared by the API, the web UI and the CLI."""
+    conditions: list[ColumnElement[bool]] = [
+        column == value
+        for column, value in (
+            (ProposalRow.app_id, filters.app_id),
+            (ProposalRow.kind, filters.kind),
+            (ProposalRow.status, filters.status),
+            (ProposalRow.cluster_id, filters.cluster_id),
+        )
+        if value is not None
+    ]
+    if filters.created_after is not None:
+        conditions.append(ProposalRow.created_at >= filters.created_after)
+    if filters.created_before is not None:
+        conditions.append(ProposalRow.created_at < filters.created_before)
+    term = (filters.search or "").strip().lower()[:SEARCH_MAX_CHARS]
+    if term:
+        # Payload text is stored JSON-encoded (non-ASCII as \uXXXX escapes): lists are matched in
+        # that form, the label and the title as plain text.
+        encoded = json.dumps(term)[1:-1]
+        evidence = ProposalRow.payload
+        conditions.append(
+            or_(
+                _contains(ProposalRow.title, term),
+                _contains(evidence[("evidence", "label")].as_string(), term),
+                _contains(evidence[("evidence", "examples")].as_string(), encoded),
+                _contains(evidence[("evidence", "representative_queries")].as_string(), encoded),
+            )
+        )
+    return conditions
+
+
+def sort_order(sort: str) -> tuple[ColumnElement[Any], ...]:
+    """ORDER BY of a queue sort (one of SORTS)."""
+    if sort == "oldest":
+        return (ProposalRow.created_at.asc(), ProposalRow.id.asc())
+    if sort == "size":
+        size = ProposalRow.payload[("evidence", "size")].as_integer()
+        return (size.desc(), ProposalRow.created_at.desc(), ProposalRow.id.desc())
+    return (ProposalRow.created_at.desc(), ProposalRow.id.desc())
+
+
+def clamp_offset(offset: int, limit: int, total: int) -> int:
+    """An offset past the end shows the last page, not an empty one."""
+    limit = max(limit, 1)
+    if offset < total:
+        return max(offset, 0)
+    return max(0, (total - 1) // limit * limit)
+
+
+def list_page(
+    session: Session,
+    filters: ProposalFilter = ProposalFilter(),
+    *,
+    limit: int = 50,
+    offset: int = 0,
+    sort: str = "newest",
+) -> tuple[list[ProposalRow], int, int]:
+    """A page of the queue: (rows, number of matches, the offset used: clamped to the last
+    page)."""
+    conditions = filter_conditions(filters)
+    total = int(
+        session.scalar(select(func.count()).select_from(ProposalRow).where(*conditions)) or 0
+    )
+    offset = clamp_offset(offset, limit, total)
+    rows = session.scalars(
+        select(ProposalRow)
+        .where(*conditions)
+        .order_by(*sort_order(sort))
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    return list(rows), total, offset
 
 
 def list_proposals(
-    session: Session, filters: ProposalFilter = ProposalFilter(), *, limit: int = 50, offset: int = 0
+    session: Session,
+    filters: ProposalFilter = ProposalFilter(),
+    *,
+    limit: int = 50,
+    offset: int = 0,
+    sort: str = "newest",
 ) -> tuple[list[ProposalRow], int]:
-    query = select(ProposalRow)
-    for column, value in (
-        (ProposalRow.app_id, filters.app_id),
-        (ProposalRow.kind, filters.kind),
-        (ProposalRow.status, filters.status),
-        (ProposalRow.cluster_id, filters.cluster_id),
-    ):
-        if value is not None:
-            query = query.where(column == value)
-    if filters.created_after is not None:
-        query = query.where(ProposalRow.created_at >= filters.created_after)
-    if filters.created_before is not None:
-        query = query.where(ProposalRow.created_at < filters.created_before)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    rows = session.scalars(
-        query.order_by(ProposalRow.created_at.desc(), ProposalRow.id).limit(limit).offset(offset)
-    ).all()
-    return list(rows), int(total)
+    """`list_page` without the offset used."""
+    rows, total, _ = list_page(session, filters, limit=limit, offset=offset, sort=sort)
+    return rows, total
 
 
 def get_proposal(session: Session, proposal_id: str) -> ProposalRow:
@@ -70,6 +174,19 @@ def get_proposal(session: Session, proposal_id: str) -> ProposalRow:
     if row is None:
         raise ProposalNotFound(f"no proposal {proposal_id!r}")
     return row
+
+
+def describe_state(row: ProposalRow) -> str:
+    """What a refused writer needs to know: the proposal's status and version now, and who
+    decided it, when, and with what comment."""
+    text = f"It is {row.status} at version {row.version}"
+    if row.decided_by:
+        at = row.decided_at
+        when = f" at {at:%Y-%m-%d %H:%M:%S} UTC" if at is not None else ""
+        text += f": {row.status} by {row.decided_by}{when}"
+        if row.decision_comment:
+            text += f" (“{row.decision_comment}”)"
+    return text + "."
 
 
 def proposal_history(session: Session, proposal_id: str) -> list[AuditEntry]:
@@ -89,7 +206,9 @@ def approve(
     comment: str | None = None,
     expected_version: int | None = None,
 ) -> ProposalRow:
-    return _decide(sessions, proposal_id, ProposalStatus.APPROVED, actor, comment, expected_version, topic)
+    return _decide(
+        sessions, proposal_id, ProposalStatus.APPROVED, actor, comment, expected_version, topic
+    )
 
 
 def reject(
@@ -100,7 +219,9 @@ def reject(
     comment: str | None = None,
     expected_version: int | None = None,
 ) -> ProposalRow:
-    return _decide(sessions, proposal_id, ProposalStatus.REJECTED, actor, comment, expected_version, None)
+    return _decide(
+        sessions, proposal_id, ProposalStatus.REJECTED, actor, comment, expected_version, None
+    )
 
 
 def conditional_transition(
@@ -161,12 +282,14 @@ def _decide(
                 decided_at=now,
                 decision_comment=comment,
             )
+            if target is ProposalStatus.APPROVED:
+                check_stored(row.kind, row.payload)
             record_audit(session, proposal_id, actor, action, current, target, "ok", comment)
             if target is ProposalStatus.APPROVED:
                 assert topic is not None
                 _on_approval(session, row, actor=actor, comment=comment, at=now, topic=topic)
             session.commit()
-        except (TransitionRefused, DecisionConflict) as exc:
+        except (TransitionRefused, DecisionConflict, InvalidEdit) as exc:
             session.rollback()
             refusal = (current, str(exc))
             error = exc
@@ -176,7 +299,9 @@ def _decide(
             PROPOSALS.labels(row.kind, target).inc()
             return row
     with sessions.begin() as audit_session:
-        record_audit(audit_session, proposal_id, actor, action, refusal[0], target, "refused", refusal[1])
+        record_audit(
+            audit_session, proposal_id, actor, action, refusal[0], target, "refused", refusal[1]
+        )
     REVIEW_DECISIONS.labels(action, outcome(error)).inc()
     raise error
 
@@ -198,9 +323,9 @@ def _on_approval(
         if current_version != proposal.artifact.base_version:
             # Approving would silently undo whatever changed the prompt since the diff was drafted.
             raise DecisionConflict(
-                f"prompt {proposal.artifact.prompt_name!r} is at version {current_version}, but this "
-                f"edit was drafted against {proposal.artifact.base_version}; reject it, or let the "
-                "next propose pass redraft it against the current text"
+                f"prompt {proposal.artifact.prompt_name!r} is at version {current_version}, but "
+                f"this edit was drafted against {proposal.artifact.base_version}; reject it, or "
+                "let the next propose pass redraft it against the current text"
             )
         set_prompt(
             session,

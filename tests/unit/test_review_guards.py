@@ -11,6 +11,7 @@ from refinery.review.service import DecisionConflict, approve
 from refinery.store.db import migrate, session_factory
 from refinery.store.models import AuditEntry, OutboxRow, ProposalRow
 from refinery.store.prompts import current_prompt, set_prompt
+from schemas.artifacts import prompt_diff
 from schemas.proposals import (
     Evidence,
     SystemPromptEdit,
@@ -24,7 +25,8 @@ def _prompt_edit_row(base_version: str, base_text: str) -> ProposalRow:
         evidence=Evidence(cluster_id="c1", label="l", keywords=["k"], size=5, examples=[]),
         artifact=SystemPromptEdit(
             prompt_name="main", base_version=base_version, base_text=base_text,
-            proposed_text=base_text + "Be brief.\n", instruction="Be brief.", diff="-",
+            proposed_text=base_text + "Be brief.\n", instruction="Be brief.",
+            diff=prompt_diff("main", base_version, base_text, base_text + "Be brief.\n"),
         ),
     )
     return ProposalRow(id="p1", app_id="shop", cluster_id="c1", kind=proposal.kind.value,
