@@ -2,7 +2,7 @@
 
 Roles (long-running): ingest, worker, beat, relay. One-shots: migrate, demo, produce.
 People: review list|show|approve|reject|edit|applied, prompts set|show, tokens create|list|revoke,
-dlq list|replay, api (the review API and web UI).
+dlq list|replay, failed list|retry, api (the review API and web UI).
 """
 
 from __future__ import annotations
@@ -333,8 +333,9 @@ def cmd_review(settings: Settings, args: argparse.Namespace) -> int:
         ProposalFilter,
         ProposalNotFound,
         TransitionRefused,
+        describe_state,
         get_proposal,
-        list_proposals,
+        list_page,
         proposal_history,
         reject,
     )
@@ -343,18 +344,32 @@ def cmd_review(settings: Settings, args: argparse.Namespace) -> int:
     try:
         if args.review_cmd == "list":
             with sessions() as session:
-                rows, total = list_proposals(
+                rows, total, offset = list_page(
                     session,
-                    ProposalFilter(app_id=args.app, kind=args.kind, status=args.status),
+                    ProposalFilter(
+                        app_id=args.app, kind=args.kind, status=args.status, search=args.search
+                    ),
                     limit=args.limit,
+                    offset=args.offset,
+                    sort=args.sort,
                 )
-                print(render.proposals_json(rows, total) if args.json else render.proposals_table(rows, total))
+                print(
+                    render.proposals_json(rows, total, offset)
+                    if args.json
+                    else render.proposals_table(rows, total, offset)
+                )
             return 0
         if args.review_cmd == "show":
             with sessions() as session:
                 row = get_proposal(session, args.id)
                 history = proposal_history(session, args.id)
-                print(render.proposal_json(row, history) if args.json else render.proposal_text(row, history))
+                print(
+                    render.proposal_json(row, history)
+                    if args.json
+                    else render.proposal_text(
+                        row, history, baseline_buckets=settings.trend_baseline_buckets
+                    )
+                )
             return 0
         actor = args.actor
         if args.review_cmd == "approve":
@@ -384,7 +399,9 @@ def cmd_review(settings: Settings, args: argparse.Namespace) -> int:
         print(f"invalid: {exc}", file=sys.stderr)
         return 2
     except (DecisionConflict, TransitionRefused) as exc:
-        print(f"refused: {exc}", file=sys.stderr)
+        with sessions() as session:
+            state = describe_state(get_proposal(session, args.id))
+        print(f"refused: {exc}. {state}", file=sys.stderr)
         return 3
 
 
@@ -473,6 +490,43 @@ def cmd_prompts(settings: Settings, args: argparse.Namespace) -> int:
         return 0
 
 
+def cmd_failed(settings: Settings, args: argparse.Namespace) -> int:
+    """The failed-work table (refinery.reconcile): items the reconciler parked after
+    RECONCILE_MAX_ATTEMPTS re-enqueues, with the last error; `retry` sends them again."""
+    from refinery.reconcile.service import list_failed, retry_failed
+
+    sessions = _sessions(settings)
+    if args.failed_cmd == "list":
+        with sessions() as session:
+            rows = list_failed(session, parked_only=not args.tracked)
+        if args.json:
+            print(json.dumps([
+                {"id": r.id, "kind": r.kind, "key": r.item_key, "app_id": r.app_id,
+                 "attempts": r.attempts, "last_error": r.last_error,
+                 "parked_at": r.parked_at.isoformat() if r.parked_at else None}
+                for r in rows
+            ], indent=2))
+            return 0
+        if not rows:
+            print("no failed work" if not args.tracked else "no work tracked")
+            return 0
+        for r in rows:
+            state = f"parked {r.parked_at:%Y-%m-%d %H:%M:%S}" if r.parked_at else "tracked"
+            print(f"{r.id}\t{r.kind}\t{r.item_key}\tapp={r.app_id}\tattempts={r.attempts}"
+                  f"\t{state}\t{r.last_error or ''}")
+        return 0
+    if not args.all and not args.ids:
+        print("refinery failed retry: name the ids to retry, or --all", file=sys.stderr)
+        return 2
+    from workers.tasks import reconcile_enqueuers
+
+    with sessions.begin() as session:
+        rows = retry_failed(session, reconcile_enqueuers(), settings,
+                            ids=None if args.all else args.ids)
+    print(f"sent again {len(rows)} failed item(s)")
+    return 0 if rows or args.all else 4
+
+
 REVIEW_HELP = {
     "applied": "approved -> applied (a downstream system acknowledged it)",
     "edit": "change a pending proposal's artifact (list options replace the whole list)",
@@ -480,6 +534,8 @@ REVIEW_HELP = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from schemas.proposals import ProposalKind, ProposalStatus
+
     parser = argparse.ArgumentParser(prog="refinery", description=__doc__)
     parser.add_argument("--log-level", default="INFO")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -539,9 +595,13 @@ def build_parser() -> argparse.ArgumentParser:
     review = p.add_subparsers(dest="review_cmd", required=True)
     q = review.add_parser("list")
     q.add_argument("--app")
-    q.add_argument("--kind")
-    q.add_argument("--status")
+    q.add_argument("--kind", choices=[k.value for k in ProposalKind])
+    q.add_argument("--status", choices=[s.value for s in ProposalStatus])
+    q.add_argument("--search", help="text in titles, cluster labels and example queries")
+    q.add_argument("--sort", choices=["newest", "oldest", "size"], default="newest",
+                   help="newest or oldest first, or size: most failing interactions first")
     q.add_argument("--limit", type=int, default=50)
+    q.add_argument("--offset", type=int, default=0, help="skip this many; past the end: last page")
     q.add_argument("--json", action="store_true")
     q = review.add_parser("show")
     q.add_argument("id")
@@ -584,6 +644,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("app")
     q.add_argument("--name", default=None)
     p.set_defaults(func=cmd_prompts)
+
+    p = sub.add_parser("failed", help="work the reconciler parked: list it, send it again")
+    failed = p.add_subparsers(dest="failed_cmd", required=True)
+    q = failed.add_parser("list", help="parked items with their attempts and last error")
+    q.add_argument("--tracked", action="store_true", help="also items still being re-enqueued")
+    q.add_argument("--json", action="store_true")
+    q = failed.add_parser("retry", help="send parked items again, with a fresh attempt count")
+    q.add_argument("ids", nargs="*", type=int, help="failed-work ids (see `refinery failed list`)")
+    q.add_argument("--all", action="store_true", help="every parked item")
+    p.set_defaults(func=cmd_failed)
     return parser
 
 

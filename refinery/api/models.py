@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from refinery.api.tokens import NAME_PATTERN, Role
 from refinery.review.actions import ArtifactEdit, CleanText
+from refinery.review.figures import EvidenceFigures, TrendFigures
 from schemas.proposals import (
     Evidence,
     ProposalKind,
@@ -34,6 +35,9 @@ class ErrorPublic(BaseModel):
 class ConflictPublic(ErrorPublic):
     status: str | None = Field(None, description="The proposal's status now.")
     version: int | None = Field(None, description="The proposal's version now.")
+    decided_by: str | None = Field(None, description="Who decided it, if someone did.")
+    decided_at: datetime | None = Field(None, description="When they decided it.")
+    decision_comment: str | None = Field(None, description="What they said with the decision.")
 
 
 # --- proposals ------------------------------------------------------------------------------
@@ -57,7 +61,8 @@ class ProposalSummary(BaseModel):
 class ProposalListPublic(BaseModel):
     total: int
     limit: int
-    offset: int
+    offset: int = Field(description="The offset used: one past the end gives the last page.")
+    sort: str = "newest"
     items: list[ProposalSummary]
 
 
@@ -80,11 +85,7 @@ class ClusterPublic(BaseModel):
     updated_at: datetime
 
 
-class TrendPublic(BaseModel):
-    window_days: int
-    recent: int = Field(description="Failing interactions in the cluster in the last window.")
-    previous: int = Field(description="... in the window before it.")
-    direction: Literal["rising", "falling", "flat"]
+TrendPublic = TrendFigures
 
 
 class DiffLine(BaseModel):
@@ -136,7 +137,13 @@ class ProposalDetail(ProposalSummary):
     evidence: Evidence
     cluster: ClusterPublic | None = Field(None, description="The cluster now, if it still exists.")
     trend: TrendPublic | None = Field(
-        None, description="None when the cluster has no dated failures."
+        None,
+        description="The trend the cluster stage stored with the evidence (for a merged proposal,"
+        " the sum of its parts'); None when none was stored. Same as figures.trend.",
+    )
+    figures: EvidenceFigures = Field(
+        description="Every figure the views print: size, trend, region rate, parts, feedback"
+        " chips per example (refinery.review.figures)."
     )
     artifact: ArtifactView
     history: list[AuditPublic]

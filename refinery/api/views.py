@@ -1,16 +1,18 @@
-"""What a reviewer sees of a proposal: summary, evidence (with the cluster's trend), the artifact
-rendered (diff lines, manifest, dataset rows with counts), history, and the downloadable artifact.
-Shared by the JSON API and the web UI, so both show the same thing.
+"""What a reviewer sees of a proposal: summary, evidence with its figures (refinery.review.figures:
+the trend, growth, size and region rate the cluster stage stored), the artifact rendered (diff
+lines, manifest, dataset rows with counts), history, and the downloadable artifact. Shared by the
+JSON API and the web UI, so both show the same thing.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 
-from sqlalchemy import case, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from refinery.api.models import (
@@ -25,14 +27,12 @@ from refinery.api.models import (
     ProposalDetail,
     ProposalSummary,
     RagManifestView,
-    TrendPublic,
 )
-from refinery.review.service import ProposalFilter
-from refinery.store.models import AuditEntry, Cluster, Interaction, ProposalRow
+from refinery.review.figures import evidence_figures
+from refinery.review.service import ProposalFilter, clamp_offset, filter_conditions, sort_order
+from refinery.settings import Settings
+from refinery.store.models import AuditEntry, Cluster, ProposalRow
 from schemas.proposals import Evidence, ProposalKind
-
-# Days per trend window: failing interactions in the last week against the week before.
-TREND_WINDOW_DAYS = 7
 
 
 def aware(value: datetime) -> datetime:
@@ -75,52 +75,69 @@ _SUMMARY_COLUMNS = (
 
 
 def list_summaries(
-    session: Session, filters: ProposalFilter, *, limit: int, offset: int
-) -> tuple[list[ProposalSummary], int]:
-    """A page of the queue, newest first, and the number of matches; the same filters as
-    refinery.review.service.list_proposals, without loading payloads."""
-    conditions = [
-        column == value
-        for column, value in (
-            (ProposalRow.app_id, filters.app_id),
-            (ProposalRow.kind, filters.kind),
-            (ProposalRow.status, filters.status),
-            (ProposalRow.cluster_id, filters.cluster_id),
-        )
-        if value is not None
-    ]
-    if filters.created_after is not None:
-        conditions.append(ProposalRow.created_at >= filters.created_after)
-    if filters.created_before is not None:
-        conditions.append(ProposalRow.created_at < filters.created_before)
-    total = session.scalar(select(func.count()).select_from(ProposalRow).where(*conditions)) or 0
+    session: Session,
+    filters: ProposalFilter,
+    *,
+    limit: int,
+    offset: int,
+    sort: str = "newest",
+) -> tuple[list[ProposalSummary], int, int]:
+    """A page of the queue, the number of matches, and the offset used (past the end: the last
+    page); the filters and orders of refinery.review.service, without loading payloads."""
+    conditions = filter_conditions(filters)
+    total = int(
+        session.scalar(select(func.count()).select_from(ProposalRow).where(*conditions)) or 0
+    )
+    offset = clamp_offset(offset, limit, total)
     # Two steps: the page's ids from the indexes alone, then the columns of those rows only.
     # In one query PostgreSQL parses every matching payload (for its size) before it sorts.
-    # Both keys descending, so that an index on (..., created_at, id) yields the order as is.
-    order = (ProposalRow.created_at.desc(), ProposalRow.id.desc())
+    # Keys descending, so that an index on (..., created_at, id) yields the newest first as is.
+    order = sort_order(sort)
     page = (
         select(ProposalRow.id).where(*conditions).order_by(*order).limit(limit).offset(offset)
     ).subquery()
     rows = session.execute(
         select(*_SUMMARY_COLUMNS).join(page, ProposalRow.id == page.c.id).order_by(*order)
     ).all()
-    return [
-        ProposalSummary(
-            id=r.id,
-            app_id=r.app_id,
-            kind=r.kind,
-            status=r.status,
-            version=r.version,
-            cluster_id=r.cluster_id,
-            title=r.title,
-            size=r.size,
-            created_at=aware(r.created_at),
-            updated_at=aware(r.updated_at),
-            decided_by=r.decided_by,
-            decided_at=aware(r.decided_at) if r.decided_at else None,
-        )
-        for r in rows
-    ], int(total)
+    return (
+        [
+            ProposalSummary(
+                id=r.id,
+                app_id=r.app_id,
+                kind=r.kind,
+                status=r.status,
+                version=r.version,
+                cluster_id=r.cluster_id,
+                title=r.title,
+                size=r.size,
+                created_at=aware(r.created_at),
+                updated_at=aware(r.updated_at),
+                decided_by=r.decided_by,
+                decided_at=aware(r.decided_at) if r.decided_at else None,
+            )
+            for r in rows
+        ],
+        total,
+        offset,
+    )
+
+
+DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def time_bound(raw: str, *, end: bool) -> datetime:
+    """A filter bound from ISO 8601. A date alone means its whole day (UTC): as the start, its
+    midnight; as the (exclusive) end, the next midnight, so that "until 2026-02-01" includes
+    that day. A time without a zone is UTC. Raises ValueError."""
+    raw = raw.strip()
+    if DATE_ONLY.match(raw):
+        day = datetime.combine(date.fromisoformat(raw), time(0), UTC)
+        return day + timedelta(days=1) if end else day
+    value = datetime.fromisoformat(raw)
+    try:
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    except OverflowError as exc:  # e.g. 0001-01-01T00:00+01:00
+        raise ValueError("out of range once converted to UTC") from exc
 
 
 def audit_public(entry: AuditEntry) -> AuditPublic:
@@ -193,48 +210,28 @@ def artifact_view(kind: str, artifact: dict, *, max_rows: int) -> ArtifactView:
     )
 
 
-def cluster_trend(
-    session: Session, cluster_id: str, *, now: datetime | None = None
-) -> TrendPublic | None:
-    now = now or datetime.now(UTC)
-    split = now - timedelta(days=TREND_WINDOW_DAYS)
-    start = split - timedelta(days=TREND_WINDOW_DAYS)
-    recent, previous = session.execute(
-        select(
-            func.coalesce(func.sum(case((Interaction.occurred_at >= split, 1), else_=0)), 0),
-            func.coalesce(func.sum(case((Interaction.occurred_at < split, 1), else_=0)), 0),
-        ).where(
-            Interaction.cluster_id == cluster_id,
-            Interaction.failing.is_(True),
-            Interaction.occurred_at >= start,
-            Interaction.occurred_at <= now,
-        )
-    ).one()
-    recent, previous = int(recent), int(previous)
-    if recent == 0 and previous == 0:
-        return None
-    # A change of a fifth or less either way is noise at these counts.
-    if recent > previous * 1.2:
-        direction = "rising"
-    elif recent < previous * 0.8:
-        direction = "falling"
-    else:
-        direction = "flat"
-    return TrendPublic(
-        window_days=TREND_WINDOW_DAYS, recent=recent, previous=previous, direction=direction
-    )
-
-
 def detail(
-    session: Session, row: ProposalRow, history: list[AuditEntry], *, max_rows: int = 200
+    session: Session,
+    row: ProposalRow,
+    history: list[AuditEntry],
+    *,
+    max_rows: int = 200,
+    baseline_buckets: int | None = None,
 ) -> ProposalDetail:
+    """`baseline_buckets` (TREND_BASELINE_BUCKETS, its default when None) stands in for evidence
+    drafted before it recorded its own."""
+    if baseline_buckets is None:
+        baseline_buckets = int(Settings.model_fields["trend_baseline_buckets"].default)
     payload = row.payload
     cluster = session.get(Cluster, row.cluster_id)
+    evidence = Evidence.model_validate(payload["evidence"])
+    figures = evidence_figures(evidence, default_baseline_buckets=baseline_buckets)
     return ProposalDetail(
         **summary(row).model_dump(),
         rationale=payload.get("rationale", ""),
         decision_comment=row.decision_comment,
-        evidence=Evidence.model_validate(payload["evidence"]),
+        evidence=evidence,
+        figures=figures,
         cluster=ClusterPublic(
             id=cluster.id,
             label=cluster.label,
@@ -244,7 +241,7 @@ def detail(
         )
         if cluster is not None
         else None,
-        trend=cluster_trend(session, row.cluster_id),
+        trend=figures.trend,
         artifact=artifact_view(row.kind, payload["artifact"], max_rows=max_rows),
         history=[audit_public(h) for h in history],
     )

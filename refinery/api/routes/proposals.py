@@ -4,12 +4,12 @@ exactly one wins, the other gets 409, and both attempts are in the proposal's hi
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Annotated, Any
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Query, Response
 from fastapi.responses import JSONResponse
-from pydantic import AfterValidator, BaseModel
+from pydantic import BaseModel, BeforeValidator
 from sqlalchemy.orm import Session, sessionmaker
 
 from refinery.api import views
@@ -32,7 +32,12 @@ from refinery.api.models import (
 )
 from refinery.api.tokens import Principal
 from refinery.review import actions, service
-from refinery.review.service import DecisionConflict, ProposalFilter, ProposalNotFound
+from refinery.review.service import (
+    SEARCH_MAX_CHARS,
+    DecisionConflict,
+    ProposalFilter,
+    ProposalNotFound,
+)
 from refinery.review.transitions import TransitionRefused
 from schemas.events import AppId
 from schemas.proposals import ProposalKind, ProposalStatus
@@ -65,17 +70,19 @@ _WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    """Stored times are UTC; a time without a zone is taken as UTC."""
-    if value is None:
-        return None
-    try:
-        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
-    except OverflowError as exc:  # e.g. 0001-01-01T00:00+01:00
-        raise ValueError("out of range once converted to UTC") from exc
+def _bound(*, end: bool) -> Any:
+    def parse(value: Any) -> Any:
+        if isinstance(value, str):
+            return views.time_bound(value, end=end)
+        return value
+
+    return BeforeValidator(parse)
 
 
-UtcTime = Annotated[datetime | None, AfterValidator(_utc)]
+# A date alone covers its whole day (UTC) at either end; a time without a zone is UTC.
+StartTime = Annotated[datetime | None, _bound(end=False)]
+EndTime = Annotated[datetime | None, _bound(end=True)]
+Sort = Literal["newest", "oldest", "size"]
 ClusterId = Annotated[
     str | None, Query(pattern=r"^[A-Za-z0-9_-]{1,40}$", description="Cluster id (c_...).")
 ]
@@ -89,14 +96,32 @@ def list_proposals(
     kind: ProposalKind | None = None,
     status: ProposalStatus | None = None,
     cluster: ClusterId = None,
-    created_after: Annotated[UtcTime, Query(description="Created at or after (ISO 8601).")] = None,
-    created_before: Annotated[UtcTime, Query(description="Created before (ISO 8601).")] = None,
+    created_after: Annotated[
+        StartTime,
+        Query(description="Created at or after (ISO 8601); a date alone: from its start (UTC)."),
+    ] = None,
+    created_before: Annotated[
+        EndTime,
+        Query(description="Created before (ISO 8601); a date alone includes that whole day (UTC)."),
+    ] = None,
+    search: Annotated[
+        str | None,
+        Query(
+            max_length=SEARCH_MAX_CHARS,
+            description="Text in the title, the cluster label or an example query (any case).",
+        ),
+    ] = None,
+    sort: Annotated[
+        Sort, Query(description="newest or oldest first, or size: most failing first.")
+    ] = "newest",
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
+    offset: Annotated[
+        int, Query(ge=0, le=1_000_000_000, description="Past the end: the last page.")
+    ] = 0,
 ) -> Response:
-    """Newest first."""
+    """A page of the queue, newest first unless `sort` says otherwise."""
     with sessions() as session:
-        items, total = views.list_summaries(
+        items, total, offset = views.list_summaries(
             session,
             ProposalFilter(
                 app_id=app,
@@ -105,11 +130,15 @@ def list_proposals(
                 cluster_id=cluster,
                 created_after=created_after,
                 created_before=created_before,
+                search=search,
             ),
             limit=limit,
             offset=offset,
+            sort=sort,
         )
-    return json_response(ProposalListPublic(total=total, limit=limit, offset=offset, items=items))
+    return json_response(
+        ProposalListPublic(total=total, limit=limit, offset=offset, sort=sort, items=items)
+    )
 
 
 @router.get("/{proposal_id}", response_model=ProposalDetail, responses=_ONE_ERRORS)
@@ -117,13 +146,18 @@ def get_proposal(
     proposal_id: ProposalId,
     _: Viewer,
     sessions: SessionsDep,
+    settings: SettingsDep,
     max_rows: Annotated[int, Query(ge=0, le=10_000, description="Dataset rows to include.")] = 200,
 ) -> Response:
     """The proposal with its evidence, its artifact rendered, and its history."""
     with sessions() as session:
         row = service.get_proposal(session, proposal_id)
         detail = views.detail(
-            session, row, service.proposal_history(session, proposal_id), max_rows=max_rows
+            session,
+            row,
+            service.proposal_history(session, proposal_id),
+            max_rows=max_rows,
+            baseline_buckets=settings.trend_baseline_buckets,
         )
     return json_response(detail)
 
@@ -164,10 +198,18 @@ def _detail(sessions: sessionmaker[Session], proposal_id: str) -> Response:
 
 
 def _conflict(sessions: sessionmaker[Session], proposal_id: str, exc: Exception) -> JSONResponse:
+    """409 saying what the proposal is now, and who decided it, when, and what they said."""
     with sessions() as session:
         row = service.get_proposal(session, proposal_id)
-        body = ConflictPublic(detail=str(exc), status=row.status, version=row.version)
-    return JSONResponse(body.model_dump(), status_code=409)
+        body = ConflictPublic(
+            detail=f"{exc}. {service.describe_state(row)}",
+            status=row.status,
+            version=row.version,
+            decided_by=row.decided_by,
+            decided_at=views.aware(row.decided_at) if row.decided_at else None,
+            decision_comment=row.decision_comment,
+        )
+    return JSONResponse(body.model_dump(mode="json"), status_code=409)
 
 
 @router.patch("/{proposal_id}", response_model=ProposalDetail, responses={**_WRITE_ERRORS})
@@ -273,8 +315,8 @@ def not_found_handler(_request: Any, exc: ProposalNotFound) -> JSONResponse:
 
 
 def invalid_edit_handler(_request: Any, exc: actions.InvalidEdit) -> JSONResponse:
-    # Shaped like FastAPI's own 422s, so clients parse one format.
+    # Shaped like FastAPI's own 422s, so clients parse one format; loc names the row and field.
     return JSONResponse(
-        {"detail": [{"loc": ["body", exc.field], "msg": exc.message, "type": "value_error"}]},
+        {"detail": [{"loc": ["body", *exc.loc], "msg": exc.message, "type": "value_error"}]},
         status_code=422,
     )

@@ -31,7 +31,13 @@ from refinery.api.deps import PROPOSAL_ID_PATTERN, ProposalId, SessionsDep, Sett
 from refinery.api.models import ProposalDetail
 from refinery.api.tokens import Principal, Role, authenticate
 from refinery.review import actions, service
-from refinery.review.service import DecisionConflict, ProposalFilter, ProposalNotFound
+from refinery.review.figures import fold
+from refinery.review.service import (
+    SEARCH_MAX_CHARS,
+    DecisionConflict,
+    ProposalFilter,
+    ProposalNotFound,
+)
 from refinery.review.transitions import TransitionRefused
 from refinery.settings import Settings
 from schemas.events import AppId
@@ -60,6 +66,7 @@ def _fmt_time(value: datetime | None) -> str:
 
 
 _templates.filters["time"] = _fmt_time
+_templates.filters["fold"] = fold
 
 DONE_MESSAGES = {
     "approved": "Approved. The refinement goes downstream through the outbox.",
@@ -210,8 +217,10 @@ _FILTERS: dict[str, TypeAdapter[Any]] = {
     "kind": TypeAdapter(ProposalKind),
     "status": TypeAdapter(ProposalStatus),
     "cluster": TypeAdapter(Annotated[str, StringConstraints(pattern=PROPOSAL_ID_PATTERN)]),
-    "created_after": TypeAdapter(datetime),
-    "created_before": TypeAdapter(datetime),
+    "created_after": TypeAdapter(str),
+    "created_before": TypeAdapter(str),
+    "search": TypeAdapter(Annotated[str, StringConstraints(max_length=SEARCH_MAX_CHARS)]),
+    "sort": TypeAdapter(Literal["newest", "oldest", "size"]),
     "offset": TypeAdapter(int),
 }
 
@@ -225,8 +234,9 @@ def _parse_filters(params: dict[str, str]) -> tuple[dict[str, Any], list[str]]:
             continue
         try:
             value = adapter.validate_python(raw)
-            if isinstance(value, datetime):
-                value = value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+            if name in ("created_after", "created_before"):
+                # A date alone covers its whole day: "until 2026-02-01" includes that day.
+                value = views.time_bound(value, end=name == "created_before")
             if name == "offset" and not 0 <= value <= 1_000_000_000:
                 raise ValueError(name)
         except (ValidationError, ValueError, OverflowError):
@@ -241,8 +251,9 @@ def queue(request: Request, user: UiUserDep, sessions: SessionsDep) -> HTMLRespo
     params = {k: v for k, v in request.query_params.items()}
     values, errors = _parse_filters(params)
     offset = values.pop("offset", 0)
+    sort = values.get("sort", "newest")
     with sessions() as session:
-        items, total = views.list_summaries(
+        items, total, offset = views.list_summaries(
             session,
             ProposalFilter(
                 app_id=values.get("app"),
@@ -251,9 +262,11 @@ def queue(request: Request, user: UiUserDep, sessions: SessionsDep) -> HTMLRespo
                 cluster_id=values.get("cluster"),
                 created_after=values.get("created_after"),
                 created_before=values.get("created_before"),
+                search=values.get("search"),
             ),
             limit=PAGE_SIZE,
             offset=offset,
+            sort=sort,
         )
     kept = {
         k: params[k]
@@ -276,6 +289,7 @@ def queue(request: Request, user: UiUserDep, sessions: SessionsDep) -> HTMLRespo
         errors=errors,
         kinds=[k.value for k in ProposalKind],
         statuses=[s.value for s in ProposalStatus],
+        sorts=["newest", "oldest", "size"],
         prev_url=page_url(max(offset - PAGE_SIZE, 0)) if offset > 0 else None,
         next_url=page_url(offset + PAGE_SIZE) if offset + PAGE_SIZE < total else None,
     )
@@ -284,10 +298,17 @@ def queue(request: Request, user: UiUserDep, sessions: SessionsDep) -> HTMLRespo
 # --- one proposal --------------------------------------------------------------------------
 
 
-def _load_detail(sessions: sessionmaker[Session], proposal_id: str) -> ProposalDetail:
+def _load_detail(
+    sessions: sessionmaker[Session], proposal_id: str, baseline_buckets: int | None = None
+) -> ProposalDetail:
     with sessions() as session:
         row = service.get_proposal(session, proposal_id)
-        return views.detail(session, row, service.proposal_history(session, proposal_id))
+        return views.detail(
+            session,
+            row,
+            service.proposal_history(session, proposal_id),
+            baseline_buckets=baseline_buckets,
+        )
 
 
 def _edit_values(detail: ProposalDetail) -> dict[str, str]:
@@ -433,6 +454,11 @@ def _act(
         )
 
 
+def _state(sessions: sessionmaker[Session], proposal_id: str) -> str:
+    with sessions() as session:
+        return service.describe_state(service.get_proposal(session, proposal_id))
+
+
 _DONE = {"approve": "approved", "reject": "rejected", "edit": "edited", "applied": "applied"}
 _TARGET = {"approve": "approved", "reject": "rejected", "edit": "pending", "applied": "applied"}
 
@@ -474,8 +500,9 @@ async def proposal_action(
             "error.html", 404, title="Not found", message=f"No proposal {proposal_id}.", user=user
         )
     except (DecisionConflict, TransitionRefused) as exc:
+        state = await run_in_threadpool(_state, sessions, proposal_id)
         return _detail_page(
-            sessions, proposal_id, user, status_code=409, error=str(exc), submitted=form
+            sessions, proposal_id, user, status_code=409, error=f"{exc}. {state}", submitted=form
         )
     except actions.InvalidEdit as exc:
         return _detail_page(
@@ -492,4 +519,19 @@ async def proposal_action(
             error=f"{where}: {first['msg']}",
             submitted=form,
         )
+    if action in ("approve", "reject") and form.get("next"):
+        following = await run_in_threadpool(_next_pending, sessions, proposal_id)
+        if following is not None:
+            return RedirectResponse(
+                f"/ui/proposals/{following}?done={_DONE[action]}", status_code=303
+            )
     return RedirectResponse(f"/ui/proposals/{proposal_id}?done={_DONE[action]}", status_code=303)
+
+
+def _next_pending(sessions: sessionmaker[Session], after: str) -> str | None:
+    """The next pending proposal in the queue's default order (newest first), for "and next"."""
+    with sessions() as session:
+        items, _, _ = views.list_summaries(
+            session, ProposalFilter(status=ProposalStatus.PENDING), limit=2, offset=0
+        )
+    return next((i.id for i in items if i.id != after), None)
