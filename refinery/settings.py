@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     ingest_group_id: str = Field("refinery-ingest", description="Kafka consumer group of `refinery ingest`.")
     ingest_batch_max_records: int = Field(500, description="Most records handled per poll and commit.")
     ingest_poll_timeout_ms: int = Field(500, description="How long one poll waits for records.")
+    ingest_backoff_max_s: float = Field(
+        30.0,
+        gt=0,
+        description="Longest pause of `refinery ingest` between tries while a dependency (Kafka,"
+        " Redis, the database) is unreachable; it then resumes from the last committed offset.",
+    )
     kafka_session_timeout_ms: int = Field(6000, description="Consumer group session timeout.")
     kafka_heartbeat_interval_ms: int = Field(1000, description="Consumer group heartbeat interval.")
     kafka_max_poll_interval_ms: int = Field(
@@ -213,7 +219,39 @@ class Settings(BaseSettings):
 
     # --- work queue --------------------------------------------------------------------------
     enqueue_batch_size: int = Field(64, description="Failing interactions per embed task.")
-    celery_task_max_retries: int = Field(5, description="Retries of a task on a transient error.")
+    task_retry_budget_s: float = Field(
+        300.0,
+        gt=0,
+        description="Time a task keeps retrying a transient error (database, broker) before it"
+        " fails for good and its work is left to the reconciler: a budget of time, not a count,"
+        " so that an outage of a minute or two is ridden out.",
+    )
+    task_retry_backoff_s: float = Field(
+        1.0, gt=0, description="First retry delay of a task; doubles on each retry."
+    )
+    task_retry_backoff_max_s: float = Field(
+        60.0, gt=0, description="Cap of a task's retry delay (before up to 25% jitter)."
+    )
+    reconcile_interval_s: float = Field(
+        60.0,
+        description="Beat period of the reconciler (refinery.reconcile), which re-enqueues work the"
+        " database says is due and that has not progressed (also run once at worker start).",
+    )
+    reconcile_stale_s: float = Field(
+        300.0,
+        ge=0,
+        description="How long an item stays due, and each re-enqueue is given, before the"
+        " reconciler enqueues it (again).",
+    )
+    reconcile_max_attempts: int = Field(
+        5,
+        ge=1,
+        description="Re-enqueues of one item before the reconciler parks it in the failed-work"
+        " table (`refinery failed list|retry`).",
+    )
+    reconcile_batch: int = Field(
+        1000, ge=1, description="Most items of each kind one reconciler pass looks at."
+    )
     refine_interval_s: float = Field(
         300.0,
         description="Beat period of the periodic refine (re-cluster + propose, then region rates)"

@@ -15,6 +15,59 @@ from refinery.settings import Settings, get_settings
 # so rephrase detection never delays a failing query's path to its cluster.
 QUEUES = ("embed", "cluster", "propose", "signals")
 
+# (soft, hard) time limit of each task, seconds. At the soft limit the task gets
+# SoftTimeLimitExceeded and is retried (workers/retry.py) within TASK_RETRY_BUDGET_S; the hard
+# limit kills a task stuck where that exception cannot reach it (C code, a hung socket): its
+# message is acknowledged as failed (task_acks_on_timeout, Celery's default, so that a task that
+# always hangs cannot loop forever) and the reconciler re-enqueues its items from the database.
+# Sized for the defaults with room to spare: an embed batch of 64 texts takes ~1 s on a CPU, a
+# re-cluster of a large app (10k distinct queries, sampled) a few minutes.
+TIME_LIMITS: dict[str, tuple[float, float]] = {
+    "refinery.embed_interactions": (240, 300),
+    "refinery.assign_clusters": (120, 150),
+    "refinery.cluster_app": (540, 600),
+    "refinery.refine_app": (540, 600),
+    "refinery.propose_for_app": (240, 300),
+    "refinery.refresh_region_rates": (240, 300),
+    "refinery.refine_all_apps": (60, 90),
+    "refinery.detect_session_signals": (240, 300),
+    "refinery.sweep_abandoned_sessions": (120, 150),
+    "refinery.sweep_orphan_feedback": (120, 150),
+    "refinery.reconcile": (120, 150),
+}
+# Slack for clock skew, broker round trips and the worker noticing a timed-out child.
+VISIBILITY_MARGIN_S = 60.0
+
+
+def longest_countdown_s(settings: Settings) -> float:
+    """The longest delay a message is sent with: a retry's backoff (with its 25% jitter) or a
+    refine waiting for its app (workers/scheduling.py: at most the max delay or the min interval
+    away, or one debounce behind a busy run)."""
+    return max(
+        settings.task_retry_backoff_max_s * 1.25,
+        settings.refine_max_delay_s,
+        settings.refine_min_interval_s,
+        settings.refine_debounce_s,
+        1.0,
+    )
+
+
+def visibility_timeout_s(settings: Settings) -> float:
+    """How long Redis keeps a reserved, unacknowledged message (acks_late) before handing it to
+    another worker. It must outlast the longest a message can honestly stay reserved, or a live
+    task runs twice:
+
+        longest countdown (a reserved ETA message waits in the worker for it)
+      + 2 x longest hard time limit (it then waits for a pool slot, held at most that long by
+        the task before it, and runs at most that long itself)
+      + VISIBILITY_MARGIN_S
+
+    With the defaults: 75 + 2 x 600 + 60 = 1335 s (22 min), instead of kombu's 1 h. That is how
+    long a message reserved by a worker killed with SIGKILL waits before another worker gets it;
+    the reconciler (RECONCILE_STALE_S, 5 min by default) usually re-enqueues the work first."""
+    longest_hard = max(hard for _, hard in TIME_LIMITS.values())
+    return longest_countdown_s(settings) + 2 * longest_hard + VISIBILITY_MARGIN_S
+
 
 def configure(app: Celery, settings: Settings) -> Celery:
     """(Re)apply settings; tests call it after changing the process's settings."""
@@ -33,6 +86,13 @@ def configure(app: Celery, settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         broker_connection_retry_on_startup=True,
+        # When Redis takes back reserved messages it has not seen acknowledged (see
+        # visibility_timeout_s for the arithmetic): after a worker died, not while a task runs.
+        broker_transport_options={"visibility_timeout": visibility_timeout_s(settings)},
+        # Lost the broker connection: cancel running acks_late tasks rather than finish them. Their
+        # messages go back to the queue with the connection anyway, so finishing them would run
+        # each one twice (and their acks could not be delivered on the dead connection).
+        worker_cancel_long_running_tasks_on_connection_loss=True,
         task_routes={
             "refinery.embed_interactions": {"queue": "embed"},
             "refinery.cluster_app": {"queue": "cluster"},
@@ -54,6 +114,8 @@ def configure(app: Celery, settings: Settings) -> Celery:
             "refinery.detect_session_signals": {"queue": "signals"},
             "refinery.sweep_abandoned_sessions": {"queue": "propose"},
             "refinery.sweep_orphan_feedback": {"queue": "propose"},
+            # Database queries and sends, no model: the propose queue too.
+            "refinery.reconcile": {"queue": "propose"},
         },
         task_default_queue="embed",
         beat_schedule={
@@ -70,6 +132,11 @@ def configure(app: Celery, settings: Settings) -> Celery:
             "sweep-abandoned-sessions": {
                 "task": "refinery.sweep_abandoned_sessions",
                 "schedule": settings.signals_sweep_interval_s,
+            },
+            "reconcile": {
+                "task": "refinery.reconcile",
+                "schedule": settings.reconcile_interval_s,
+                "options": {"expires": max(settings.reconcile_interval_s, 10.0)},
             },
             "sweep-orphan-feedback": {
                 "task": "refinery.sweep_orphan_feedback",

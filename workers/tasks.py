@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from celery import Task, chain
+from celery.signals import worker_ready
 from sqlalchemy import select
-from sqlalchemy.exc import OperationalError
 
 from refinery.cluster.assign import AssignResult, apps_with_due, assign_due
 from refinery.cluster.region import refresh_region_rates as region_service
@@ -23,24 +23,24 @@ from refinery.cluster.titles import make_titler
 from refinery.embed import embedding_model_name
 from refinery.embed.embedder import get_embedder
 from refinery.embed.service import embed_interactions as embed_service
+from refinery.ingest.storage import SessionKey
 from refinery.ops.metrics import CLUSTERS
 from refinery.ops.optional import REGION_RATES, optional_step
 from refinery.propose.service import propose_for_app as propose_service
+from refinery.reconcile.service import Enqueuers
+from refinery.reconcile.service import reconcile as reconcile_pass
 from refinery.settings import get_settings
 from refinery.signals.orphans import sweep_orphans
 from refinery.signals.sessions import analyze_sessions, sweep_abandoned
 from refinery.store.db import session_scope
 from refinery.store.models import Interaction
-from workers.celery_app import app
+from workers.retry import RETRYABLE, refinery_task
 from workers.scheduling import RefineScheduler, renewing_lock
 
 if TYPE_CHECKING:
     import redis
 
 log = logging.getLogger(__name__)
-
-# Transient errors worth a retry: the database or the broker was briefly unreachable.
-RETRYABLE = (OperationalError, ConnectionError, TimeoutError)
 
 
 # A lock another task holds for longer than this is a re-cluster or a proposal run: worth a
@@ -149,13 +149,10 @@ def _assign(app_ids: list[str], *, wait_s: float) -> list[AssignResult]:
     return results
 
 
-@app.task(
-    name="refinery.embed_interactions",
-    autoretry_for=RETRYABLE,
-    retry_backoff=True,
-    max_retries=get_settings().celery_task_max_retries,
+@refinery_task(
+    "refinery.embed_interactions", work=lambda args, kw: ("embed", [str(i) for i in args[0]], [])
 )
-def embed_interactions(interaction_ids: list[int]) -> dict:
+def embed_interactions(self: Task, interaction_ids: list[int]) -> dict:
     """Embed, then at once place the app's due failing queries in its clusters (streaming)."""
     settings = get_settings()
     with session_scope(settings.database_url) as session:
@@ -170,13 +167,11 @@ def embed_interactions(interaction_ids: list[int]) -> dict:
     }
 
 
-@app.task(
-    name="refinery.assign_clusters",
-    autoretry_for=RETRYABLE,
-    retry_backoff=True,
-    max_retries=get_settings().celery_task_max_retries,
+@refinery_task(
+    "refinery.assign_clusters",
+    work=lambda args, kw: ("assign", [], (args[0] if args else kw.get("app_ids")) or []),
 )
-def assign_clusters(app_ids: list[str] | None = None) -> dict:
+def assign_clusters(self: Task, app_ids: list[str] | None = None) -> dict:
     """Beat: the assignment sweep. Places failing queries whose vector was already cached (ingest
     does not enqueue those for embedding) and any an embed task had to leave due."""
     settings = get_settings()
@@ -232,13 +227,7 @@ def _propose(app_id: str) -> dict:
     }
 
 
-@app.task(
-    bind=True,
-    name="refinery.cluster_app",
-    autoretry_for=RETRYABLE,
-    retry_backoff=True,
-    max_retries=get_settings().celery_task_max_retries,
-)
+@refinery_task("refinery.cluster_app", work=lambda args, kw: ("refine", [args[0]], []))
 def cluster_app(self: Task, app_id: str) -> dict:
     """Re-cluster one app now (the periodic and debounced refines use `refine_app`). Its locks
     taken: sent again after a countdown, never waited for in the worker slot."""
@@ -248,8 +237,8 @@ def cluster_app(self: Task, app_id: str) -> dict:
     raise self.retry(countdown=_lock_countdown(), max_retries=LOCK_RETRIES)
 
 
-@app.task(name="refinery.refresh_region_rates")
-def refresh_region_rates(app_id: str) -> dict:
+@refinery_task("refinery.refresh_region_rates")
+def refresh_region_rates(self: Task, app_id: str) -> dict:
     """Sample and embed non-failing interactions of the app; store each cluster's region
     failure rate (refinery.cluster.region). Embeds, so it runs on the embed queue.
 
@@ -277,13 +266,7 @@ def refresh_region_rates(app_id: str) -> dict:
     }
 
 
-@app.task(
-    bind=True,
-    name="refinery.propose_for_app",
-    autoretry_for=RETRYABLE,
-    retry_backoff=True,
-    max_retries=get_settings().celery_task_max_retries,
-)
+@refinery_task("refinery.propose_for_app")
 def propose_for_app(self: Task, app_id: str) -> dict:
     """Draft one app's proposals now. Its lock taken: sent again after a countdown."""
     with _refine_locks(app_id, cluster=False) as held:
@@ -292,8 +275,9 @@ def propose_for_app(self: Task, app_id: str) -> dict:
     raise self.retry(countdown=_lock_countdown(), max_retries=LOCK_RETRIES)
 
 
-@app.task(name="refinery.refine_app")
-def refine_app(app_id: str) -> dict:
+# Not retried by the decorator: a failed run asks for a refine again itself (below).
+@refinery_task("refinery.refine_app", work=lambda args, kw: ("refine", [args[0]], []), retry=False)
+def refine_app(self: Task, app_id: str) -> dict:
     """One app's refine: re-cluster, then propose, in this task (one worker holds the app for
     the whole run); region failure rates follow as an optional task on the embed queue.
 
@@ -332,8 +316,8 @@ def _region_follow_up(app_id: str) -> None:
         refresh_region_rates.apply_async(args=(app_id,))
 
 
-@app.task(name="refinery.refine_all_apps")
-def refine_all_apps() -> list[str]:
+@refinery_task("refinery.refine_all_apps")
+def refine_all_apps(self: Task) -> list[str]:
     """Beat entry point, the safety net: a refine of every app with failing interactions,
     requested as due now (one at a time per app, like the debounced ones). Eager mode: the
     chain re-cluster -> propose -> region rates, for each app, in this process."""
@@ -364,13 +348,10 @@ def _embed_later(interaction_ids: list[int]) -> None:
         embed_interactions.apply_async(args=(interaction_ids[start : start + size],))
 
 
-@app.task(
-    name="refinery.detect_session_signals",
-    autoretry_for=RETRYABLE,
-    retry_backoff=True,
-    max_retries=get_settings().celery_task_max_retries,
+@refinery_task(
+    "refinery.detect_session_signals", work=lambda args, kw: ("session", list(args[0]), [])
 )
-def detect_session_signals(sessions: list[str]) -> dict:
+def detect_session_signals(self: Task, sessions: list[str]) -> dict:
     """Rephrase detection on these "app_id/session_id" sessions (embeds their queries)."""
     from refinery.signals.enqueue import parse_session_ref
 
@@ -387,13 +368,8 @@ def detect_session_signals(sessions: list[str]) -> dict:
     }
 
 
-@app.task(
-    name="refinery.sweep_abandoned_sessions",
-    autoretry_for=RETRYABLE,
-    retry_backoff=True,
-    max_retries=get_settings().celery_task_max_retries,
-)
-def sweep_abandoned_sessions() -> dict:
+@refinery_task("refinery.sweep_abandoned_sessions")
+def sweep_abandoned_sessions(self: Task) -> dict:
     """Beat: close quiet sessions, mark abandoned last turns."""
     settings = get_settings()
     if not settings.rephrase_detection_enabled:
@@ -409,13 +385,8 @@ def sweep_abandoned_sessions() -> dict:
     return {"sessions": result.sessions, "abandoned": result.abandoned}
 
 
-@app.task(
-    name="refinery.sweep_orphan_feedback",
-    autoretry_for=RETRYABLE,
-    retry_backoff=True,
-    max_retries=get_settings().celery_task_max_retries,
-)
-def sweep_orphan_feedback() -> dict:
+@refinery_task("refinery.sweep_orphan_feedback")
+def sweep_orphan_feedback(self: Task) -> dict:
     """Beat: dead-letter feedback whose interaction never arrived within the join window."""
     from refinery.ingest.deadletter import DeadLetterQueue
     from refinery.kafka.clients import make_producer
@@ -436,3 +407,60 @@ def sweep_orphan_feedback() -> dict:
     finally:
         producer.close()
     return {"dead_lettered": count}
+
+
+# --- the reconciler (refinery.reconcile) ---------------------------------------------------------
+
+
+def reconcile_enqueuers() -> Enqueuers:
+    """How the reconciler (and `refinery failed retry`) sends each kind of work again: the same
+    tasks the pipeline sends, so a re-sent item takes the path a first one takes."""
+
+    def sessions(keys: list[SessionKey]) -> None:
+        from refinery.signals.enqueue import session_ref
+
+        detect_session_signals.apply_async(args=([session_ref(k) for k in keys],))
+
+    return Enqueuers(
+        embed=lambda ids: embed_interactions.apply_async(args=(ids,)),
+        assign=lambda app_ids: assign_clusters.apply_async(args=(app_ids,)),
+        session=sessions,
+        refine=lambda app_ids: request_refine(app_ids, urgent=True),
+    )
+
+
+@refinery_task("refinery.reconcile")
+def reconcile(self: Task) -> dict:
+    """Beat (and once at worker start): re-enqueue what the database says is due and has not
+    progressed within RECONCILE_STALE_S; park what RECONCILE_MAX_ATTEMPTS did not move. One pass
+    at a time (a Redis lock; a pass that finds it taken returns)."""
+    settings = get_settings()
+
+    def one_pass() -> dict:
+        with session_scope(settings.database_url) as session:
+            result = reconcile_pass(
+                session, settings, embedding_model_name(settings), reconcile_enqueuers()
+            )
+        return result.as_dict()
+
+    if settings.redis_url is None:
+        return one_pass()
+    with renewing_lock(
+        _redis(settings.redis_url),
+        "refinery:reconcile",
+        ttl_s=settings.refine_lock_ttl_s,
+        wait_s=0,
+    ) as acquired:
+        if not acquired:
+            return {"skipped": "another pass holds the lock"}
+        return one_pass()
+
+
+@worker_ready.connect(weak=False, dispatch_uid="refinery-reconcile-at-start")
+def _reconcile_at_start(sender: object = None, **_: object) -> None:
+    """A worker that starts (after a crash, a deploy, a broker restarted empty) sends one
+    reconciler pass at once rather than waiting for beat's first tick."""
+    try:
+        reconcile.apply_async()
+    except Exception as error:  # noqa: BLE001 - beat sends the next pass anyway
+        log.warning("could not send the reconciler pass at worker start: %s", error)

@@ -167,6 +167,67 @@ OPTIONAL_STEP_FAILURES = Counter(
     registry=REGISTRY,
 )
 
+# --- reliability ----------------------------------------------------------------------------
+
+# Items the reconciler (refinery.reconcile) sent again because the database said they were due and
+# had not progressed within RECONCILE_STALE_S, by kind (embed, assign, session, refine). Non-zero
+# after a broker lost its queue or a worker died; a steady rate means tasks keep failing.
+RECONCILE_REENQUEUED = Counter(
+    "reconcile_reenqueued",
+    "Due items re-enqueued by the reconciler, by kind.",
+    ["kind"],
+    namespace=_NS,
+    registry=REGISTRY,
+)
+
+# Items parked in the failed-work table after RECONCILE_MAX_ATTEMPTS re-enqueues, by kind: work
+# that needs a person (`refinery failed list`, then `refinery failed retry`). Alert on any increase.
+FAILED_WORK_PARKED = Counter(
+    "failed_work_parked",
+    "Items parked in the failed-work table, by kind.",
+    ["kind"],
+    namespace=_NS,
+    registry=REGISTRY,
+)
+
+# Rows of the failed-work table that are parked, by kind, as of the reconciler's last pass.
+FAILED_WORK = Gauge(
+    "failed_work_rows",
+    "Parked failed-work rows, by kind, at the reconciler's last pass.",
+    ["kind"],
+    namespace=_NS,
+    registry=REGISTRY,
+    multiprocess_mode="mostrecent",
+)
+
+# Task retries on a transient error (database, broker), by task; a task whose TASK_RETRY_BUDGET_S
+# ran out counts once in refinery_task_retry_budget_exhausted_total instead.
+TASK_RETRIES = Counter(
+    "task_retries",
+    "Task retries after a transient error, by task.",
+    ["task"],
+    namespace=_NS,
+    registry=REGISTRY,
+)
+
+TASK_RETRY_BUDGET_EXHAUSTED = Counter(
+    "task_retry_budget_exhausted",
+    "Tasks that failed for good after TASK_RETRY_BUDGET_S of retries, by task.",
+    ["task"],
+    namespace=_NS,
+    registry=REGISTRY,
+)
+
+# Times `refinery ingest` paused because a dependency was unreachable, by dependency (kafka,
+# broker, database); it resumes from the last committed offset.
+INGEST_DEPENDENCY_ERRORS = Counter(
+    "ingest_dependency_errors",
+    "Ingest batches interrupted by an unreachable dependency, by dependency.",
+    ["dependency"],
+    namespace=_NS,
+    registry=REGISTRY,
+)
+
 # --- review and outbox ----------------------------------------------------------------------
 
 # Every review attempt, by decision asked (approve, reject, edit) and outcome (applied, conflict

@@ -326,3 +326,28 @@ class ClusterEvent(Base):
     # Members that flowed along each edge: {"old->new": n}.
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class FailedWork(Base):
+    """Work the database says is due and that has not progressed (refinery.reconcile): one row
+    per item while the reconciler re-enqueues it (`attempts`), parked (`parked_at`) after
+    RECONCILE_MAX_ATTEMPTS with the last error a task recorded. Deleted once the item progressed.
+
+    kind: embed | assign (key: interactions.id), session (key: "app_id/session_id"),
+    refine (key: app_id)."""
+
+    __tablename__ = "failed_work"
+    __table_args__ = (
+        UniqueConstraint("kind", "item_key", name="uq_failed_work_kind_key"),
+        Index("ix_failed_work_parked", "parked_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    item_key: Mapped[str] = mapped_column(String(200))
+    app_id: Mapped[str] = mapped_column(String(64))
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    first_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    parked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
