@@ -147,7 +147,7 @@ def check_dataset_row(obj: Any, index: int) -> None:
 def dataset_rows(jsonl: str) -> list[dict[str, Any]]:
     """The rows of a JSONL dataset, each checked; raises ArtifactInvalid naming the first bad
     one."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for line in jsonl.splitlines():
         if not line.strip():
             continue

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 from sqlalchemy import ColumnElement, func, or_, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
 from refinery.ops.metrics import PROPOSALS, REVIEW_DECISIONS
 from refinery.review.transitions import TransitionRefused, check_transition, record_audit
@@ -75,7 +75,9 @@ SORTS = ("newest", "oldest", "size")
 SEARCH_MAX_CHARS = 200
 
 
-def _contains(column: ColumnElement[str], needle: str) -> ColumnElement[bool]:
+def _contains(
+    column: ColumnElement[str] | InstrumentedAttribute[str], needle: str
+) -> ColumnElement[bool]:
     escaped = needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return func.lower(column).like(f"%{escaped}%", escape="\\")
 
