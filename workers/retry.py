@@ -60,8 +60,8 @@ RETRY = "refinery_retry"  # header: transient retries so far
 # What a task carried, for the failed-work table: (kind, item keys, app ids) from its arguments.
 WorkOf = Callable[[tuple[Any, ...], dict[str, Any]], tuple[str, Sequence[str], Sequence[str]]]
 
-# Tests move time by hand. Eager mode (no broker) has no countdown: the retry runs at once in
-# the calling process, so it sleeps the countdown first, or a dead database would spin.
+# Tests move time by hand. Eager mode (no broker) retries in the calling process: it sleeps the
+# countdown there.
 clock: Callable[[], float] = time.time
 sleep: Callable[[float], None] = time.sleep
 
@@ -115,45 +115,49 @@ def refinery_task(
 
     def decorate(fn: Callable[..., Any]) -> Task:
         def run(self: Task, *args: Any, **kwargs: Any) -> Any:
-            try:
-                return fn(self, *args, **kwargs)
-            except Retry:
-                raise
-            except RETRYABLE as error:
-                settings = get_settings()
-                headers = _headers(self)
-                now = clock()
-                first = float(headers.get(FIRST_FAILURE) or now)
-                attempt = int(headers.get(RETRY) or 0)
-                countdown = retry_countdown(attempt, now - first, settings)
-                if not retry:
-                    _give_up(name, work, args, kwargs, error)
+            headers = _headers(self)
+            first: float | None = headers.get(FIRST_FAILURE)
+            attempt = int(headers.get(RETRY) or 0)
+            while True:
+                try:
+                    return fn(self, *args, **kwargs)
+                except Retry:
                     raise
-                if countdown is None:
-                    TASK_RETRY_BUDGET_EXHAUSTED.labels(task=name).inc()
-                    log.error(
-                        "%s failed for good after %.0f s of retries (TASK_RETRY_BUDGET_S=%g):"
-                        " %s: %s", name, now - first, settings.task_retry_budget_s,
-                        type(error).__name__, error,
+                except RETRYABLE as error:
+                    if not retry:
+                        _give_up(name, work, args, kwargs, error)
+                        raise
+                    settings = get_settings()
+                    now = clock()
+                    first = float(first or now)
+                    countdown = retry_countdown(attempt, now - first, settings)
+                    if countdown is None:
+                        TASK_RETRY_BUDGET_EXHAUSTED.labels(task=name).inc()
+                        log.error(
+                            "%s failed for good after %.0f s of retries (TASK_RETRY_BUDGET_S=%g):"
+                            " %s: %s", name, now - first, settings.task_retry_budget_s,
+                            type(error).__name__, error,
+                        )  # fmt: skip
+                        _give_up(name, work, args, kwargs, error)
+                        raise
+                    TASK_RETRIES.labels(task=name).inc()
+                    log.warning(
+                        "%s: %s: %s; retry %d in %.1f s",
+                        name, type(error).__name__, error, attempt + 1, countdown,
                     )  # fmt: skip
+                    if not self.request.is_eager:
+                        raise self.retry(
+                            exc=error,
+                            countdown=countdown,
+                            max_retries=None,  # bounded by the time budget above
+                            headers={FIRST_FAILURE: first, RETRY: attempt + 1},
+                        ) from error
+                    # Eager mode: no broker to come back through; wait here, try again.
+                    sleep(countdown)
+                    attempt += 1
+                except Exception as error:
                     _give_up(name, work, args, kwargs, error)
                     raise
-                TASK_RETRIES.labels(task=name).inc()
-                log.warning(
-                    "%s: %s: %s; retry %d in %.1f s",
-                    name, type(error).__name__, error, attempt + 1, countdown,
-                )  # fmt: skip
-                if self.request.is_eager:
-                    sleep(countdown)
-                raise self.retry(
-                    exc=error,
-                    countdown=countdown,
-                    max_retries=None,  # bounded by the time budget above
-                    headers={FIRST_FAILURE: first, RETRY: attempt + 1},
-                ) from error
-            except Exception as error:
-                _give_up(name, work, args, kwargs, error)
-                raise
 
         run.__name__ = fn.__name__
         run.__qualname__ = fn.__qualname__
