@@ -48,7 +48,7 @@ def cmd_migrate(settings: Settings, _: argparse.Namespace) -> int:
 
 def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
     from refinery.embed import embedding_model_name
-    from refinery.ingest.consumer import IngestConsumer
+    from refinery.ingest.consumer import IngestConsumer, IngestFatal
     from refinery.ingest.deadletter import DeadLetterCapExceeded
     from refinery.kafka.clients import make_consumer, make_producer
     from refinery.ops.roles import ingest_checks, start_health, stop_health
@@ -82,6 +82,9 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
     except DeadLetterCapExceeded as exc:
         log.error("ingest stopped by the dead-letter cap: %s", exc)
         return 3
+    except IngestFatal as exc:  # a blip is ridden out inside run(); this one a restart won't fix
+        log.error("ingest stopped: a dependency refused it (fix the configuration): %s", exc)
+        return 4
     finally:
         stop_health(health)
         consumer.close()

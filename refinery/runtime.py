@@ -81,4 +81,8 @@ def celery_enqueue(settings: Settings):  # type: ignore[no-untyped-def]
     from workers.celery_app import app
 
     # send_task keeps the consumer from importing the task modules (and their ML imports).
-    return lambda ids: app.send_task("refinery.embed_interactions", args=(ids,), queue="embed")
+    # ignore_result: ingest never reads results, and subscribing to one would tie the consumer to
+    # the result store's pub/sub, which gives up for good after a Redis restart.
+    return lambda ids: app.send_task(
+        "refinery.embed_interactions", args=(ids,), queue="embed", ignore_result=True
+    )

@@ -13,6 +13,12 @@ batch, and every step is idempotent):
   5. commit the Kafka offsets of the batch
 Never auto-commits. Embedding and rephrase detection happen in Celery tasks, never here: this
 loop does not load the model.
+
+A dependency that blips (Kafka, the Celery broker, the database: `dependency_of`) interrupts the
+batch, not the process: the loop logs one line, backs off (doubling, up to INGEST_BACKOFF_MAX_S),
+seeks back to the last committed offsets and processes again from there (every step above is
+idempotent), reporting not ready (`unavailable`) meanwhile. Only what a restart cannot fix
+(credentials refused, access denied: `IngestFatal`) or an unknown error ends `run`.
 """
 
 from __future__ import annotations
@@ -38,11 +44,74 @@ from refinery.ops.metrics import (
     EVENTS_CONSUMED,
     EVENTS_DUPLICATE,
     INGEST_BATCH_SIZE,
+    INGEST_DEPENDENCY_ERRORS,
 )
 from refinery.settings import Settings
 from schemas.events import FeedbackEvent, InteractionEvent
 
 log = logging.getLogger(__name__)
+
+# Errors no restart fixes: refused credentials or access, an unknown database. Matched in the
+# message too, since drivers report them as their generic operational error.
+_FATAL_TEXT = (
+    "authentication failed",
+    "password authentication",
+    "invalid password",
+    "wrongpass",
+    "noauth",
+    "permission denied",
+    "does not exist",
+)
+
+_BACKOFF_FIRST_S = 0.5
+
+
+class IngestFatal(RuntimeError):
+    """A dependency refused this consumer in a way a restart cannot fix (bad config, auth)."""
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+def dependency_of(error: BaseException) -> str | None:
+    """ "kafka", "broker" (Celery's Redis) or "database" when `error` says that dependency is
+    unreachable or briefly refusing (retry later); None for anything else (a bug: let it crash).
+    Raises IngestFatal when the dependency refused us for good."""
+    from kafka import errors as kafka_errors
+    from kombu.exceptions import OperationalError as BrokerError
+    from redis import exceptions as redis_errors
+    from sqlalchemy import exc as db_errors
+
+    chain = _chain(error)
+    text = " ".join(str(e).lower() for e in chain)
+    refused = (
+        kafka_errors.AuthorizationError,
+        kafka_errors.SaslAuthenticationFailedError,
+        redis_errors.AuthenticationError,
+        redis_errors.AuthenticationWrongNumberOfArgsError,
+    )
+    if any(isinstance(e, refused) for e in chain):
+        raise IngestFatal(f"{type(error).__name__}: {error}") from error
+    if isinstance(error, kafka_errors.KafkaError):
+        kind = "kafka"
+    elif isinstance(error, (BrokerError, redis_errors.ConnectionError, redis_errors.TimeoutError)):
+        kind = "broker"
+    elif isinstance(error, (db_errors.OperationalError, db_errors.InterfaceError)) or (
+        isinstance(error, db_errors.DBAPIError) and error.connection_invalidated
+    ):
+        kind = "database"
+    else:
+        return None
+    if kind != "kafka" and any(marker in text for marker in _FATAL_TEXT):
+        raise IngestFatal(f"{kind}: {type(error).__name__}: {error}") from error
+    return kind
+
 
 Enqueue = Callable[[list[int]], None]
 EnqueueSessions = Callable[[list[SessionKey]], None]
@@ -95,6 +164,10 @@ class IngestConsumer:
         )
         self.stats = IngestStats()
         self.last_poll_at = 0.0
+        # Why the last batch was interrupted ("broker: ..."), None once one went through: the
+        # readiness check (refinery.ops.roles.ingest_checks).
+        self.unavailable: str | None = None
+        self._rewind = False
         self._lag_partitions: set[tuple[str, int]] = set()
         self._expected_type = {
             settings.topic_interactions: "interaction",
@@ -200,8 +273,35 @@ class IngestConsumer:
         """Poll until `should_stop()`; `tick` runs after every poll (periodic work of a
         deployment without Celery beat, see refinery.signals.inline)."""
         idle_polls = 0
+        failures = 0
         while not should_stop():
-            handled = self.poll_once()
+            try:
+                if self._rewind:
+                    self.rewind()
+                handled = self.poll_once()
+            except Exception as error:
+                dependency = dependency_of(error)  # IngestFatal: the caller exits non-zero
+                if dependency is None:
+                    raise
+                failures += 1
+                delay = min(
+                    _BACKOFF_FIRST_S * 2 ** (failures - 1), self.settings.ingest_backoff_max_s
+                )
+                self.unavailable = f"{dependency}: {type(error).__name__}: {error}"
+                self._rewind = True
+                INGEST_DEPENDENCY_ERRORS.labels(dependency=dependency).inc()
+                log.warning(
+                    "ingest paused: %s unreachable (%s: %s); try %d in %.1f s, from the last"
+                    " committed offset", dependency, type(error).__name__,
+                    str(error).splitlines()[0] if str(error) else "", failures + 1, delay,
+                )  # fmt: skip
+                self._sleep(delay, should_stop)
+                continue
+            if failures:
+                log.info("ingest resumed after %d interrupted tr%s", failures,
+                         "y" if failures == 1 else "ies")  # fmt: skip
+            failures = 0
+            self.unavailable = None
             if tick is not None:
                 tick()
             if until_caught_up:
@@ -210,6 +310,25 @@ class IngestConsumer:
                 if idle_polls >= 2 and self.caught_up():
                     break
         return self.stats
+
+    def rewind(self) -> None:
+        """Seek every assigned partition back to its committed offset (the start, when none was
+        ever committed: auto_offset_reset is earliest), dropping what the interrupted batch
+        fetched beyond it. Dead letters it sent and did not flush are waited for first."""
+        self.dead_letters.flush()
+        for tp in self.consumer.assignment():
+            offset = self.consumer.committed(tp)
+            if offset is None:
+                self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek(tp, offset)
+        self._rewind = False
+
+    @staticmethod
+    def _sleep(seconds: float, should_stop: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + seconds
+        while not should_stop() and time.monotonic() < deadline:
+            time.sleep(min(0.2, max(deadline - time.monotonic(), 0.0)))
 
     def close(self) -> None:
         self.dead_letters.flush()

@@ -2,8 +2,9 @@
 
 | role   | /readyz passes when                                                         |
 |--------|-----------------------------------------------------------------------------|
-| ingest | it polled Kafka within KAFKA_MAX_POLL_INTERVAL_MS, and the database answers  |
-| worker | its broker answers a Redis PING (REDIS_URL)                                  |
+| ingest | it polled Kafka within KAFKA_MAX_POLL_INTERVAL_MS, the database answers, and |
+|        | its last batch was not interrupted by an unreachable dependency              |
+| worker | its broker answers a Redis PING (REDIS_URL), and the database answers        |
 | beat   | its broker answers a Redis PING                                              |
 | relay  | the database answers, and its Kafka producer holds a broker connection       |
 
@@ -42,6 +43,8 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 class _Polls(Protocol):
     last_poll_at: float  # time.monotonic() of the last poll; 0.0 before the first
+    # Why the last batch was interrupted (a dependency unreachable), None when it went through.
+    unavailable: str | None
 
 
 def bounded(check: Check, name: str, timeout_s: float = CHECK_TIMEOUT_S) -> Check:
@@ -140,6 +143,9 @@ def ingest_checks(settings: Settings, consumer: _Polls) -> dict[str, Check]:
     return {
         "kafka_poll": polled_within(consumer, settings.kafka_max_poll_interval_ms / 1000),
         "database": database_check(settings.database_url),
+        # Kafka, the Celery broker or the database failed the last batch: it backs off and
+        # resumes from the committed offsets (refinery.ingest.consumer), not ready meanwhile.
+        "dependencies": lambda: consumer.unavailable is None,
     }
 
 
@@ -147,6 +153,11 @@ def broker_checks(settings: Settings) -> dict[str, Check]:
     """Worker and beat: the Celery broker. Both refuse to start without REDIS_URL."""
     assert settings.redis_url is not None
     return {"broker": redis_check(settings.redis_url)}
+
+
+def worker_checks(settings: Settings) -> dict[str, Check]:
+    """Worker: the broker, and the database every task reads and writes."""
+    return broker_checks(settings) | {"database": database_check(settings.database_url)}
 
 
 def relay_checks(settings: Settings, producer: Callable[[], Any]) -> dict[str, Check]:
@@ -208,7 +219,7 @@ def install_worker_hooks(settings: Settings) -> None:
 
     def on_worker_init(**_: object) -> None:
         if not servers:
-            server = start_health(settings, broker_checks(settings))
+            server = start_health(settings, worker_checks(settings))
             if server is not None:
                 servers.append(server)
 

@@ -35,6 +35,7 @@ def session_enqueue(settings: Settings) -> Callable[[list[SessionKey]], None] | 
     from workers.celery_app import app
 
     # send_task keeps the consumer from importing the task modules (and their ML imports).
+    # ignore_result: see refinery.runtime.celery_enqueue.
     return lambda keys: app.send_task(
-        TASK_DETECT, args=([session_ref(k) for k in keys],), queue="signals"
+        TASK_DETECT, args=([session_ref(k) for k in keys],), queue="signals", ignore_result=True
     )
