@@ -200,8 +200,7 @@ FAILED_WORK = Gauge(
     multiprocess_mode="mostrecent",
 )
 
-# Task retries on a transient error (database, broker), by task; a task whose TASK_RETRY_BUDGET_S
-# ran out counts once in refinery_task_retry_budget_exhausted_total instead.
+# Task retries on a transient error (database, broker, soft time limit), by task.
 TASK_RETRIES = Counter(
     "task_retries",
     "Task retries after a transient error, by task.",
@@ -210,6 +209,8 @@ TASK_RETRIES = Counter(
     registry=REGISTRY,
 )
 
+# Tasks that failed for good after TASK_RETRY_BUDGET_S of retries, by task; their items are
+# recorded in failed_work for the reconciler. Any increase means an outage outlasted the budget.
 TASK_RETRY_BUDGET_EXHAUSTED = Counter(
     "task_retry_budget_exhausted",
     "Tasks that failed for good after TASK_RETRY_BUDGET_S of retries, by task.",

@@ -132,7 +132,10 @@ def test_ingest_health_and_event_counters(
     process = start_role(settings, "ingest", log_path=log, HEALTH_PORT=str(port))
     with running(process, log):
         body = ready(port, process)
-        assert body == {"status": "ok", "checks": {"kafka_poll": True, "database": True}}
+        assert body == {
+            "status": "ok",
+            "checks": {"kafka_poll": True, "database": True, "dependencies": True},
+        }
 
         valid = [
             interaction(f"ops-{n}", f"where is my parcel {n}", session=f"s{n}") for n in range(5)
@@ -267,7 +270,7 @@ def test_worker_health_metrics_of_its_pool_children_and_inspect_ping(
         PROMETHEUS_MULTIPROC_DIR=str(prom),
     )
     with running(process, log):
-        assert ready(port, process)["checks"] == {"broker": True}
+        assert ready(port, process)["checks"] == {"broker": True, "database": True}
         assert not stale.exists()
         ping = wait_for(
             lambda: (
@@ -301,7 +304,11 @@ def test_worker_with_a_dead_broker_is_alive_but_not_ready(tmp_path, sqlite_url, 
     process = start_role(settings, "worker", "--pool", "solo", log_path=log, HEALTH_PORT=str(port))
     with running(process, log):
         body = not_ready(port, process, timeout_s=90)
-        assert body == {"status": "fail", "checks": {"broker": False}, "failed": ["broker"]}
+        assert body == {
+            "status": "fail",
+            "checks": {"broker": False, "database": True},
+            "failed": ["broker"],
+        }
         assert sample(port, "refinery_outbox_published_total") is not None  # /metrics answers
 
 

@@ -746,6 +746,12 @@ EXPECTED_METRICS = {
     "refinery_review_decisions": ("decision", "outcome"),
     "refinery_outbox_backlog_rows": (),
     "refinery_outbox_published": (),
+    "refinery_reconcile_reenqueued": ("kind",),
+    "refinery_failed_work_parked": ("kind",),
+    "refinery_failed_work_rows": ("kind",),
+    "refinery_task_retries": ("task",),
+    "refinery_task_retry_budget_exhausted": ("task",),
+    "refinery_ingest_dependency_errors": ("dependency",),
 }
 
 
