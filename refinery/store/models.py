@@ -217,6 +217,7 @@ class ProposalRow(Base):
         Index("ix_proposals_created", "created_at", "id"),
         Index("ix_proposals_status_created", "status", "created_at", "id"),
         Index("ix_proposals_kind_status_created", "kind", "status", "created_at", "id"),
+        Index("ix_proposals_claimed_status", "claimed_by", "status"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -234,6 +235,10 @@ class ProposalRow(Base):
     decided_by: Mapped[str | None] = mapped_column(String(128))
     decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     decision_comment: Mapped[str | None] = mapped_column(Text)
+    # Who took the proposal to review, and since when (refinery.review.service.claim): a claim
+    # changes neither the artifact nor the status, so it does not bump the version.
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class AuditEntry(Base):
