@@ -1,8 +1,8 @@
 """`refinery`: one command for every role and for reviewers.
 
 Roles (long-running): ingest, worker, beat, relay. One-shots: migrate, demo, produce.
-People: review list|show|approve|reject|edit|applied, prompts set|show, tokens create|list|revoke,
-dlq list|replay, failed list|retry, api (the review API and web UI).
+People: review list|show|approve|reject|edit|applied|claim, prompts set|show,
+tokens create|list|revoke, dlq list|replay, failed list|retry, api (the review API and web UI).
 """
 
 from __future__ import annotations
@@ -336,21 +336,32 @@ def cmd_review(settings: Settings, args: argparse.Namespace) -> int:
         ProposalFilter,
         ProposalNotFound,
         TransitionRefused,
+        claim,
+        claim_filter,
         describe_state,
         get_proposal,
         list_page,
         proposal_history,
         reject,
+        release,
     )
 
+    if args.review_cmd == "list" and args.mine and not args.actor:
+        print("error: --mine needs --actor NAME (whose claims)", file=sys.stderr)
+        return 2
     sessions = _sessions(settings)
     try:
         if args.review_cmd == "list":
+            claimed = "mine" if args.mine else "unclaimed" if args.unclaimed else None
             with sessions() as session:
                 rows, total, offset = list_page(
                     session,
                     ProposalFilter(
-                        app_id=args.app, kind=args.kind, status=args.status, search=args.search
+                        app_id=args.app,
+                        kind=args.kind,
+                        status=args.status,
+                        search=args.search,
+                        **claim_filter(claimed, actor=args.actor or ""),
                     ),
                     limit=args.limit,
                     offset=args.offset,
@@ -375,6 +386,14 @@ def cmd_review(settings: Settings, args: argparse.Namespace) -> int:
                 )
             return 0
         actor = args.actor
+        if args.review_cmd == "claim":
+            if args.release:
+                row = release(sessions, args.id, actor=actor, force=args.force)
+            else:
+                row = claim(sessions, args.id, actor=actor, assignee=args.to, force=args.force)
+            holder = f"claimed by {row.claimed_by}" if row.claimed_by else "unclaimed"
+            print(f"{row.id}: {row.status} (version {row.version}), {holder}")
+            return 0
         if args.review_cmd == "approve":
             row = approve(sessions, args.id, actor=actor, topic=settings.topic_approved, comment=args.comment,
                           expected_version=args.version)
@@ -533,6 +552,7 @@ def cmd_failed(settings: Settings, args: argparse.Namespace) -> int:
 REVIEW_HELP = {
     "applied": "approved -> applied (a downstream system acknowledged it)",
     "edit": "change a pending proposal's artifact (list options replace the whole list)",
+    "claim": "take a pending proposal to review (--to: assign it; --release: drop the claim)",
 }
 
 
@@ -605,7 +625,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="newest or oldest first, or size: most failing interactions first")
     q.add_argument("--limit", type=int, default=50)
     q.add_argument("--offset", type=int, default=0, help="skip this many; past the end: last page")
+    claimed = q.add_mutually_exclusive_group()
+    claimed.add_argument("--mine", action="store_true", help="only those claimed by --actor")
+    claimed.add_argument("--unclaimed", action="store_true", help="only those nobody claimed")
+    q.add_argument("--actor", help="who you are (for --mine)")
     q.add_argument("--json", action="store_true")
+    q = review.add_parser("claim", help=REVIEW_HELP["claim"])
+    q.add_argument("id")
+    q.add_argument("--actor", default="cli")
+    q.add_argument("--to", metavar="NAME", help="assign to this reviewer (a token's name)")
+    q.add_argument("--force", action="store_true", help="take it over from whoever holds it")
+    q.add_argument("--release", action="store_true", help="drop the claim instead")
     q = review.add_parser("show")
     q.add_argument("id")
     q.add_argument("--json", action="store_true")

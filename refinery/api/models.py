@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from refinery.api.tokens import NAME_PATTERN, Role
-from refinery.review.actions import ArtifactEdit, CleanText
+from refinery.review.actions import BULK_MAX_ITEMS, ArtifactEdit, CleanText
 from refinery.review.figures import EvidenceFigures, TrendFigures
 from schemas.proposals import (
     Evidence,
@@ -38,6 +38,7 @@ class ConflictPublic(ErrorPublic):
     decided_by: str | None = Field(None, description="Who decided it, if someone did.")
     decided_at: datetime | None = Field(None, description="When they decided it.")
     decision_comment: str | None = Field(None, description="What they said with the decision.")
+    claimed_by: str | None = Field(None, description="Who has claimed it, if someone has.")
 
 
 # --- proposals ------------------------------------------------------------------------------
@@ -56,6 +57,8 @@ class ProposalSummary(BaseModel):
     updated_at: datetime
     decided_by: str | None = None
     decided_at: datetime | None = None
+    claimed_by: str | None = Field(None, description="Who claimed it to review, if someone did.")
+    claimed_at: datetime | None = None
 
 
 class ProposalListPublic(BaseModel):
@@ -161,6 +164,51 @@ class AppliedAck(BaseModel):
 
     expected_version: Version | None = None
     comment: Comment | None = Field(None, description="E.g. the downstream job or deploy id.")
+
+
+class BulkItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,40}$", description="Proposal id (p_...).")]
+    expected_version: Version
+
+
+class BulkDecision(BaseModel):
+    """Approve or reject several proposals with one comment; each is decided on its own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    action: Literal["approve", "reject"]
+    comment: Comment | None = None
+    proposals: list[BulkItem] = Field(min_length=1, max_length=BULK_MAX_ITEMS)
+
+
+class BulkResult(BaseModel):
+    id: str
+    ok: bool
+    status_code: int = Field(
+        description="What the single-proposal endpoint would have answered: 200, 404, 409 or 422."
+    )
+    detail: str | None = Field(None, description="Why it was refused, and the proposal's state.")
+    loc: list[str | int] | None = Field(None, description="For a 422: the invalid field.")
+    status: str | None = Field(None, description="The proposal's status now.")
+    version: int | None = Field(None, description="The proposal's version now.")
+
+
+class BulkResultPublic(BaseModel):
+    action: str
+    succeeded: int
+    failed: int
+    results: list[BulkResult] = Field(description="One per proposal, in the order sent.")
+
+
+class ClaimRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    assignee: Annotated[str, Field(pattern=NAME_PATTERN)] | None = Field(
+        None, description="Whom to assign it to (a reviewer's token name); default: you."
+    )
+    force: bool = Field(False, description="Take it over from whoever holds it.")
 
 
 class ProposalUpdate(ArtifactEdit):

@@ -54,6 +54,8 @@ def summary(row: ProposalRow) -> ProposalSummary:
         updated_at=aware(row.updated_at),
         decided_by=row.decided_by,
         decided_at=aware(row.decided_at) if row.decided_at else None,
+        claimed_by=row.claimed_by,
+        claimed_at=aware(row.claimed_at) if row.claimed_at else None,
     )
 
 
@@ -71,6 +73,8 @@ _SUMMARY_COLUMNS = (
     ProposalRow.updated_at,
     ProposalRow.decided_by,
     ProposalRow.decided_at,
+    ProposalRow.claimed_by,
+    ProposalRow.claimed_at,
 )
 
 
@@ -114,6 +118,8 @@ def list_summaries(
                 updated_at=aware(r.updated_at),
                 decided_by=r.decided_by,
                 decided_at=aware(r.decided_at) if r.decided_at else None,
+                claimed_by=r.claimed_by,
+                claimed_at=aware(r.claimed_at) if r.claimed_at else None,
             )
             for r in rows
         ],

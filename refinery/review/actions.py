@@ -1,5 +1,6 @@
-"""Reviewers' operations beyond approve/reject: edit a pending proposal's artifact, and mark an
-approved one applied when a downstream system acknowledges it. Shared by the CLI and the API.
+"""Reviewers' operations beyond approve/reject: edit a pending proposal's artifact, mark an
+approved one applied when a downstream system acknowledges it, and decide many at once (each
+through the single-decision path). Shared by the CLI and the API.
 
 Same rules as `refinery.review.service`: a change is a conditional UPDATE on (id, version, status)
 that bumps the version, so of two concurrent writers exactly one wins and the other gets
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import difflib
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
@@ -329,3 +332,70 @@ def _audit_refusal(
         record_audit(
             session, proposal_id, actor, action, from_status, to_status, "refused", str(error)
         )
+
+
+# Most proposals one bulk decision may name: one queue page at its largest.
+BULK_MAX_ITEMS = 200
+
+
+@dataclass(frozen=True)
+class BulkOutcome:
+    """What one proposal of a bulk decision came to. `error`: None (decided), "not_found",
+    "conflict" (its status does not allow it, or another writer won), or "invalid" (approval
+    found the stored artifact invalid; `loc` names the field)."""
+
+    proposal_id: str
+    error: str | None = None
+    detail: str | None = None
+    status: str | None = None
+    version: int | None = None
+    loc: tuple[str | int, ...] = ()
+
+
+def bulk_decide(
+    sessions: sessionmaker[Session],
+    decision: Literal["approve", "reject"],
+    items: Sequence[tuple[str, int | None]],
+    *,
+    actor: str,
+    topic: str,
+    comment: str | None = None,
+) -> list[BulkOutcome]:
+    """Approve or reject each (proposal id, expected version) in turn, through the very function
+    a single decision uses (`approve` / `service.reject`): each is its own transaction, version
+    check and audit entry, so one refusal leaves the others decided. Outcomes in input order."""
+    outcomes: list[BulkOutcome] = []
+    for proposal_id, expected_version in items:
+        try:
+            if decision == "approve":
+                row = approve(
+                    sessions,
+                    proposal_id,
+                    actor=actor,
+                    topic=topic,
+                    comment=comment,
+                    expected_version=expected_version,
+                )
+            else:
+                row = service.reject(
+                    sessions,
+                    proposal_id,
+                    actor=actor,
+                    comment=comment,
+                    expected_version=expected_version,
+                )
+        except ProposalNotFound as exc:
+            outcomes.append(BulkOutcome(proposal_id, "not_found", str(exc.args[0])))
+            continue
+        except (DecisionConflict, TransitionRefused, InvalidEdit) as exc:
+            with sessions() as session:
+                now = service.get_proposal(session, proposal_id)
+                state, status, version = service.describe_state(now), now.status, now.version
+            error = "invalid" if isinstance(exc, InvalidEdit) else "conflict"
+            loc = exc.loc if isinstance(exc, InvalidEdit) else ()
+            outcomes.append(
+                BulkOutcome(proposal_id, error, f"{exc}. {state}", status, version, loc)
+            )
+            continue
+        outcomes.append(BulkOutcome(proposal_id, None, None, row.status, row.version))
+    return outcomes

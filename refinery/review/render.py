@@ -22,16 +22,19 @@ def proposal_summary(row: ProposalRow) -> dict:
         "size": row.payload.get("evidence", {}).get("size"),
         "created_at": row.created_at.isoformat(),
         "updated_at": row.updated_at.isoformat(),
+        "claimed_by": row.claimed_by,
     }
 
 
 def proposals_table(rows: list[ProposalRow], total: int, offset: int = 0) -> str:
-    lines = [f"{'ID':<20} {'STATUS':<10} {'KIND':<19} {'SIZE':>4} {'APP':<16} TITLE"]
+    lines = [
+        f"{'ID':<20} {'STATUS':<10} {'KIND':<19} {'SIZE':>4} {'APP':<16} {'CLAIMED':<12} TITLE"
+    ]
     for row in rows:
         s = proposal_summary(row)
         lines.append(
             f"{s['id']:<20} {s['status']:<10} {s['kind']:<19} {s['size'] or 0:>4} "
-            f"{s['app_id']:<16} {s['title']}"
+            f"{s['app_id']:<16} {s['claimed_by'] or '-':<12} {s['title']}"
         )
     shown = f"{offset + 1}-{offset + len(rows)}" if rows else "0"
     lines.append(f"({shown} of {total})")

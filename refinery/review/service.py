@@ -1,4 +1,4 @@
-"""Reviewers' operations, shared by the CLI and the API: list, show, approve, reject.
+"""Reviewers' operations, shared by the CLI and the API: list, show, approve, reject, claim.
 
 One winner under concurrency: a decision is a conditional UPDATE on (id, version, status); the
 loser's UPDATE matches no row and it gets `DecisionConflict`. Every attempt, won or refused, is
@@ -19,7 +19,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
 from refinery.ops.metrics import PROPOSALS, REVIEW_DECISIONS
 from refinery.review.transitions import TransitionRefused, check_transition, record_audit
-from refinery.store.models import AuditEntry, OutboxRow, ProposalRow, utcnow
+from refinery.store.models import ApiToken, AuditEntry, OutboxRow, ProposalRow, utcnow
 from refinery.store.prompts import current_prompt, set_prompt
 from schemas.artifacts import ArtifactInvalid, check_artifact
 from schemas.proposals import ApprovedRefinement, Proposal, ProposalKind, ProposalStatus
@@ -68,6 +68,8 @@ class ProposalFilter:
     created_after: datetime | None = None  # inclusive
     created_before: datetime | None = None  # exclusive
     search: str | None = None  # in titles, cluster labels and example queries, any case
+    claimed_by: str | None = None  # claimed by this reviewer ("mine" is the caller's name)
+    unclaimed: bool = False  # claimed by nobody
 
 
 # Orders of the queue; ties broken by id, so that pages never overlap.
@@ -94,6 +96,10 @@ def filter_conditions(filters: ProposalFilter) -> list[ColumnElement[bool]]:
         )
         if value is not None
     ]
+    if filters.claimed_by is not None:
+        conditions.append(ProposalRow.claimed_by == filters.claimed_by)
+    if filters.unclaimed:
+        conditions.append(ProposalRow.claimed_by.is_(None))
     if filters.created_after is not None:
         conditions.append(ProposalRow.created_at >= filters.created_after)
     if filters.created_before is not None:
@@ -178,6 +184,19 @@ def get_proposal(session: Session, proposal_id: str) -> ProposalRow:
     return row
 
 
+# The claim filters of the queue: the caller's own claims, or nobody's.
+CLAIM_FILTERS = ("mine", "unclaimed")
+
+
+def claim_filter(claim: str | None, *, actor: str) -> dict[str, Any]:
+    """ProposalFilter fields of a claim filter (one of CLAIM_FILTERS, or None for any)."""
+    if claim == "mine":
+        return {"claimed_by": actor}
+    if claim == "unclaimed":
+        return {"unclaimed": True}
+    return {}
+
+
 def describe_state(row: ProposalRow) -> str:
     """What a refused writer needs to know: the proposal's status and version now, and who
     decided it, when, and with what comment."""
@@ -188,6 +207,10 @@ def describe_state(row: ProposalRow) -> str:
         text += f": {row.status} by {row.decided_by}{when}"
         if row.decision_comment:
             text += f" (“{row.decision_comment}”)"
+    elif row.claimed_by and row.status == ProposalStatus.PENDING:
+        at = row.claimed_at
+        when = f" since {at:%Y-%m-%d %H:%M:%S} UTC" if at is not None else ""
+        text += f", claimed by {row.claimed_by}{when}"
     return text + "."
 
 
@@ -306,6 +329,115 @@ def _decide(
         )
     REVIEW_DECISIONS.labels(action, outcome(error)).inc()
     raise error
+
+
+def claim(
+    sessions: sessionmaker[Session],
+    proposal_id: str,
+    *,
+    actor: str,
+    assignee: str | None = None,
+    force: bool = False,
+) -> ProposalRow:
+    """Claim a pending proposal for `assignee` (the actor by default): the queue's "mine" is what
+    one has claimed. Assigning it to someone else needs an active reviewer or admin token of that
+    name (InvalidEdit otherwise). A proposal claimed by someone else is taken over only with
+    `force`, else DecisionConflict saying who holds it; TransitionRefused unless pending. The claim
+    is a conditional UPDATE on the claimant read (one winner), audited, and leaves the version
+    alone: a reviewer's open page stays valid."""
+    holder = assignee or actor
+    return _set_claim(sessions, proposal_id, actor=actor, holder=holder, force=force)
+
+
+def release(
+    sessions: sessionmaker[Session], proposal_id: str, *, actor: str, force: bool = False
+) -> ProposalRow:
+    """Drop the claim on a proposal; someone else's only with `force` (DecisionConflict
+    otherwise). Releasing an unclaimed proposal changes nothing and is still audited."""
+    return _set_claim(sessions, proposal_id, actor=actor, holder=None, force=force)
+
+
+def _set_claim(
+    sessions: sessionmaker[Session],
+    proposal_id: str,
+    *,
+    actor: str,
+    holder: str | None,
+    force: bool,
+) -> ProposalRow:
+    action = "claim" if holder is not None else "release"
+    refusal: tuple[str, Exception] | None = None
+    with sessions() as session:
+        row = session.get(ProposalRow, proposal_id)
+        if row is None:
+            raise ProposalNotFound(f"no proposal {proposal_id!r}")
+        current, before = row.status, row.claimed_by
+        try:
+            if holder is not None and holder != actor and not _is_reviewer(session, holder):
+                raise InvalidEdit(
+                    "assignee", f"no active reviewer or admin token is named {holder!r}"
+                )
+            if holder is not None and current != ProposalStatus.PENDING:
+                raise TransitionRefused(
+                    f"only a pending proposal can be claimed; this one is {current}"
+                )
+            if before is not None and before not in (holder, actor) and not force:
+                raise DecisionConflict(
+                    f"proposal {proposal_id} is claimed by {before}; force to take it over"
+                )
+            now = utcnow()
+            won = session.execute(
+                update(ProposalRow)
+                .where(
+                    ProposalRow.id == proposal_id,
+                    ProposalRow.status == current,
+                    ProposalRow.claimed_by.is_(None)
+                    if before is None
+                    else ProposalRow.claimed_by == before,
+                )
+                .values(claimed_by=holder, claimed_at=now if holder is not None else None)
+                .execution_options(synchronize_session=False)
+            ).rowcount  # type: ignore[attr-defined]
+            if won != 1:
+                raise DecisionConflict(f"proposal {proposal_id} was changed by someone else first")
+            if holder is None:
+                detail = f"released (was {before})" if before else "was not claimed"
+            elif holder == actor:
+                detail = f"claimed by {holder}" + (f" (was {before})" if before else "")
+            else:
+                detail = f"assigned to {holder}" + (f" (was {before})" if before else "")
+            record_audit(session, proposal_id, actor, action, current, current, "ok", detail)
+            session.commit()
+        except (TransitionRefused, DecisionConflict, InvalidEdit) as exc:
+            session.rollback()
+            refusal = (current, exc)
+        if refusal is None:
+            session.refresh(row)
+            REVIEW_DECISIONS.labels(action, "applied").inc()
+            return row
+    if not isinstance(refusal[1], InvalidEdit):  # a malformed request is not an attempt
+        with sessions.begin() as audit_session:
+            record_audit(
+                audit_session, proposal_id, actor, action, refusal[0], refusal[0], "refused",
+                str(refusal[1]),
+            )  # fmt: skip
+    REVIEW_DECISIONS.labels(action, outcome(refusal[1])).inc()
+    raise refusal[1]
+
+
+def _is_reviewer(session: Session, name: str) -> bool:
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(ApiToken)
+            .where(
+                ApiToken.name == name,
+                ApiToken.revoked_at.is_(None),
+                ApiToken.role.in_(("reviewer", "admin")),
+            )
+        )
+        or 0
+    ) > 0
 
 
 def outcome(error: Exception) -> str:

@@ -7,13 +7,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Depends, Query, Response
+from fastapi import APIRouter, Body, Depends, HTTPException, Query, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, BeforeValidator
 from sqlalchemy.orm import Session, sessionmaker
 
 from refinery.api import views
 from refinery.api.deps import (
+    PrincipalDep,
     ProposalId,
     SessionsDep,
     SettingsDep,
@@ -23,6 +25,10 @@ from refinery.api.deps import (
 from refinery.api.models import (
     AppliedAck,
     AuditPublic,
+    BulkDecision,
+    BulkResult,
+    BulkResultPublic,
+    ClaimRequest,
     ConflictPublic,
     Decision,
     ErrorPublic,
@@ -30,7 +36,7 @@ from refinery.api.models import (
     ProposalListPublic,
     ProposalUpdate,
 )
-from refinery.api.tokens import Principal
+from refinery.api.tokens import NAME_PATTERN, Principal, Role
 from refinery.review import actions, service
 from refinery.review.service import (
     SEARCH_MAX_CHARS,
@@ -83,6 +89,7 @@ def _bound(*, end: bool) -> Any:
 StartTime = Annotated[datetime | None, _bound(end=False)]
 EndTime = Annotated[datetime | None, _bound(end=True)]
 Sort = Literal["newest", "oldest", "size"]
+Claim = Literal["mine", "unclaimed"]
 ClusterId = Annotated[
     str | None, Query(pattern=r"^[A-Za-z0-9_-]{1,40}$", description="Cluster id (c_...).")
 ]
@@ -90,7 +97,7 @@ ClusterId = Annotated[
 
 @router.get("", response_model=ProposalListPublic, responses=_AUTH_ERRORS)
 def list_proposals(
-    _: Viewer,
+    principal: Viewer,
     sessions: SessionsDep,
     app: Annotated[AppId | None, Query(description="Only this app's proposals.")] = None,
     kind: ProposalKind | None = None,
@@ -114,6 +121,13 @@ def list_proposals(
     sort: Annotated[
         Sort, Query(description="newest or oldest first, or size: most failing first.")
     ] = "newest",
+    claim: Annotated[
+        Claim | None,
+        Query(description="mine: claimed by you (the token's name); unclaimed: by nobody."),
+    ] = None,
+    claimed_by: Annotated[
+        str | None, Query(pattern=NAME_PATTERN, description="Claimed by this reviewer.")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[
         int, Query(ge=0, le=1_000_000_000, description="Past the end: the last page.")
@@ -131,6 +145,8 @@ def list_proposals(
                 created_after=created_after,
                 created_before=created_before,
                 search=search,
+                **({"claimed_by": claimed_by} if claimed_by else {}),
+                **service.claim_filter(claim, actor=principal.name),
             ),
             limit=limit,
             offset=offset,
@@ -138,6 +154,84 @@ def list_proposals(
         )
     return json_response(
         ProposalListPublic(total=total, limit=limit, offset=offset, sort=sort, items=items)
+    )
+
+
+_STATUS_CODES = {None: 200, "not_found": 404, "conflict": 409, "invalid": 422}
+
+
+@router.post(
+    "/bulk",
+    response_model=BulkResultPublic,
+    responses={
+        **_AUTH_ERRORS,
+        413: {"model": ErrorPublic, "description": "Body larger than API_MAX_BODY_BYTES."},
+    },
+)
+def bulk_decide(
+    body: BulkDecision, principal: PrincipalDep, sessions: SessionsDep, settings: SettingsDep
+) -> Response:
+    """Approve or reject several proposals with one comment. Each is decided exactly as
+    `POST /v1/proposals/{id}/approve` or `/reject` would (its own version check, transaction and
+    audit entry), so some may succeed while others are refused: the answer is 200 with one
+    result per proposal, its `status_code` what the single endpoint would have said (404, 409
+    with who decided it, 422 for an invalid stored artifact). A role below reviewer: 403, and
+    the refused attempt is audited on each proposal named."""
+    ids = [item.id for item in body.proposals]
+    seen: set[str] = set()
+    for index, proposal_id in enumerate(ids):
+        if proposal_id in seen:
+            raise RequestValidationError(
+                [
+                    {
+                        "loc": ("body", "proposals", index, "id"),
+                        "msg": f"{proposal_id} is named twice",
+                        "type": "value_error",
+                    }
+                ]
+            )
+        seen.add(proposal_id)
+    if not principal.role.allows(Role.REVIEWER):
+        reason = f"needs role reviewer or above; this token is {principal.role}"
+        target = "approved" if body.action == "approve" else "rejected"
+        for proposal_id in ids:
+            actions.audit_forbidden(
+                sessions,
+                proposal_id,
+                actor=principal.name,
+                action=body.action,
+                target=target,
+                reason=reason,
+            )
+        raise HTTPException(403, reason)
+    outcomes = actions.bulk_decide(
+        sessions,
+        body.action,
+        [(item.id, item.expected_version) for item in body.proposals],
+        actor=principal.name,
+        topic=settings.topic_approved,
+        comment=body.comment,
+    )
+    results = [
+        BulkResult(
+            id=o.proposal_id,
+            ok=o.error is None,
+            status_code=_STATUS_CODES[o.error],
+            detail=o.detail,
+            loc=list(o.loc) or None,
+            status=o.status,
+            version=o.version,
+        )
+        for o in outcomes
+    ]
+    succeeded = sum(r.ok for r in results)
+    return json_response(
+        BulkResultPublic(
+            action=body.action,
+            succeeded=succeeded,
+            failed=len(results) - succeeded,
+            results=results,
+        )
     )
 
 
@@ -208,6 +302,7 @@ def _conflict(sessions: sessionmaker[Session], proposal_id: str, exc: Exception)
             decided_by=row.decided_by,
             decided_at=views.aware(row.decided_at) if row.decided_at else None,
             decision_comment=row.decision_comment,
+            claimed_by=row.claimed_by,
         )
     return JSONResponse(body.model_dump(mode="json"), status_code=409)
 
@@ -305,6 +400,52 @@ def mark_applied(
             comment=body.comment,
             expected_version=body.expected_version,
         )
+    except (DecisionConflict, TransitionRefused) as exc:
+        return _conflict(sessions, proposal_id, exc)
+    return _detail(sessions, proposal_id)
+
+
+@router.post(
+    "/{proposal_id}/claim",
+    response_model=ProposalDetail,
+    responses={
+        **_WRITE_ERRORS,
+        422: {"description": "No active reviewer token has the assignee's name."},
+    },
+)
+def claim_proposal(
+    proposal_id: ProposalId,
+    principal: Annotated[Principal, Depends(reviewer_acting_on("claim", None))],
+    sessions: SessionsDep,
+    body: Annotated[ClaimRequest | None, Body()] = None,
+) -> Any:
+    """Claim a pending proposal to review it (`assignee`: assign it to another reviewer). One
+    claimed by someone else: 409 naming them, unless `force`. Audited; the version stays (a claim
+    changes neither the artifact nor the status). The body is optional."""
+    body = body or ClaimRequest()
+    try:
+        service.claim(
+            sessions,
+            proposal_id,
+            actor=principal.name,
+            assignee=body.assignee,
+            force=body.force,
+        )
+    except (DecisionConflict, TransitionRefused) as exc:
+        return _conflict(sessions, proposal_id, exc)
+    return _detail(sessions, proposal_id)
+
+
+@router.delete("/{proposal_id}/claim", response_model=ProposalDetail, responses=_WRITE_ERRORS)
+def release_proposal(
+    proposal_id: ProposalId,
+    principal: Annotated[Principal, Depends(reviewer_acting_on("release", None))],
+    sessions: SessionsDep,
+    force: Annotated[bool, Query(description="Release someone else's claim.")] = False,
+) -> Any:
+    """Drop your claim (someone else's with `force`, else 409 naming them)."""
+    try:
+        service.release(sessions, proposal_id, actor=principal.name, force=force)
     except (DecisionConflict, TransitionRefused) as exc:
         return _conflict(sessions, proposal_id, exc)
     return _detail(sessions, proposal_id)
