@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from refinery.api.middleware import BodySizeLimit, SecurityHeaders
 from refinery.api.routes import health, prompts, proposals, tokens, ui
 from refinery.api.tokens import PrincipalCache
+from refinery.collector.otlp import router as otlp_router
 from refinery.collector.router import router as collector_router
 from refinery.review.actions import InvalidEdit
 from refinery.review.service import ProposalNotFound
@@ -69,6 +70,7 @@ def create_app(settings: Settings, *, sessions: sessionmaker[Session] | None = N
     app.include_router(tokens.router)
     app.include_router(ui.router)
     app.include_router(collector_router)  # POST /v1/events (refinery.collector)
+    app.include_router(otlp_router)  # POST /v1/traces (refinery.collector.otlp)
 
     app.add_exception_handler(ProposalNotFound, proposals.not_found_handler)  # type: ignore[arg-type]
     app.add_exception_handler(InvalidEdit, proposals.invalid_edit_handler)  # type: ignore[arg-type]
@@ -92,7 +94,10 @@ def create_app(settings: Settings, *, sessions: sessionmaker[Session] | None = N
     app.add_middleware(
         BodySizeLimit,
         max_bytes=settings.api_max_body_bytes,
-        per_path={"/v1/events": max(collector_limit, settings.api_max_body_bytes)},
+        per_path={
+            path: max(collector_limit, settings.api_max_body_bytes)
+            for path in ("/v1/events", "/v1/traces")
+        },
     )
     app.add_middleware(SecurityHeaders)
     return app

@@ -69,6 +69,18 @@ EVENTS_DUPLICATE = Counter(
     registry=REGISTRY,
 )
 
+# Spans received by the collector's POST /v1/traces, by outcome: accepted (became an event or
+# the sources of one), invalid (its event was dead-lettered) or the reason it was skipped
+# (refinery.otlp.mapping.SKIP_REASONS: not_chat, no_content, foreign_app, ...). A rise of
+# no_content means an instrumentation stopped capturing message content.
+OTLP_SPANS = Counter(
+    "otlp_spans",
+    "Spans received on POST /v1/traces, by outcome (accepted, invalid, or why skipped).",
+    ["outcome"],
+    namespace=_NS,
+    registry=REGISTRY,
+)
+
 # Log-end offset (the high watermark of the last fetch) minus the consumer's position, per assigned
 # partition, refreshed after each commit and each empty poll; after a commit, position = committed.
 # A partition's series goes when the partition is revoked, so sum() counts each partition once.

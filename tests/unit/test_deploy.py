@@ -734,6 +734,7 @@ EXPECTED_METRICS = {
     "refinery_events_consumed": ("topic",),
     "refinery_events_dead_lettered": ("reason",),
     "refinery_events_duplicate": (),
+    "refinery_otlp_spans": ("outcome",),
     "refinery_consumer_lag_records": ("topic", "partition"),
     "refinery_ingest_batch_size_records": (),
     "refinery_enqueue_batches": (),
