@@ -24,18 +24,27 @@ from tests.integration.helpers import wait_for
 
 pytestmark = pytest.mark.integration
 
-EVERY_TASK = (  # (name, args, queue); "APP" stands for the app id, "SESSION" for a session ref
-    ("refinery.embed_interactions", ([1, 2, 3],), "embed"),
-    ("refinery.assign_clusters", (), "propose"),
-    ("refinery.cluster_app", ("APP",), "cluster"),
-    ("refinery.propose_for_app", ("APP",), "propose"),
-    ("refinery.refresh_region_rates", ("APP",), "embed"),
-    ("refinery.refine_app", ("APP",), "cluster"),
-    ("refinery.refine_all_apps", (), "cluster"),
-    ("refinery.detect_session_signals", (["SESSION"],), "signals"),
-    ("refinery.sweep_abandoned_sessions", (), "propose"),
-    ("refinery.sweep_orphan_feedback", (), "propose"),
-)
+EVERY_TASK = {  # name: args; "APP" stands for the app id, "SESSION" for a session ref
+    "refinery.embed_interactions": ([1, 2, 3],),
+    "refinery.assign_clusters": (),
+    "refinery.cluster_app": ("APP",),
+    "refinery.propose_for_app": ("APP",),
+    "refinery.refresh_region_rates": ("APP",),
+    "refinery.refine_app": ("APP",),
+    "refinery.refine_all_apps": (),
+    "refinery.detect_session_signals": (["SESSION"],),
+    "refinery.sweep_abandoned_sessions": (),
+    "refinery.sweep_orphan_feedback": (),
+    "refinery.reconcile": (),
+}
+
+
+def test_every_registered_task_is_run_on_the_production_path() -> None:
+    """A task added to the worker without a line above would escape the both-databases run."""
+    import workers.tasks  # noqa: F401  (registers the tasks)
+    from workers.celery_app import app
+
+    assert {name for name in app.tasks if name.startswith("refinery.")} == set(EVERY_TASK)
 
 
 @pytest.mark.parametrize("database", ["postgres", "sqlite"])
@@ -68,12 +77,15 @@ def test_roles_as_processes_fill_the_queue(
         seen["rates"] = wait_for(region_rates, timeout_s=180, interval_s=1, what="region rates")
         with session_scope(database_url) as session:
             seen["before"] = _versions(session)
+        from workers.celery_app import app
+
         client = Celery("operator", broker=redis_url, backend=redis_url)
         session_ref = f"{APP_ID}/{work.interactions[0]['session_id']}"
-        for name, args, queue in EVERY_TASK:
+        for name, args in EVERY_TASK.items():
             args = tuple(
                 APP_ID if a == "APP" else [session_ref] if a == ["SESSION"] else a for a in args
             )
+            queue = app.conf.task_routes[name]["queue"]  # where the worker listens for it
             client.send_task(name, args=args, queue=queue).get(timeout=180)
         client.close()
         with session_scope(database_url) as session:
