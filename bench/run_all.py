@@ -34,6 +34,7 @@ def main() -> int:
             ["bench_scenario.py", "--clinc", args.clinc],
         ),
         ("redaction", ["bench_redaction.py"]),
+        ("complaint classes of user comments, per language", ["bench_complaints.py"]),
         ("ingest with signals", ["bench_ingest_signals.py"]),
         ("review API latency", ["bench_api.py"]),
         ("freshness: Kafka to cluster assignment", ["bench_freshness.py"]),

@@ -19,6 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from refinery.ingest.storage import normalize_query
+from refinery.signals.complaints import OTHER
 from refinery.signals.evidence import (
     BEHAVIOUR_RULES,
     BehaviourRule,
@@ -262,7 +263,17 @@ def _prompt_edit(
         app_id=data.app_id,
         cluster_id=data.cluster_id,
         title=proposal_title(ProposalKind.SYSTEM_PROMPT_EDIT, artifact.model_dump(), data.evidence),
-        rationale=f"Addresses “{rule.name}” complaints. {ev.summary()}{_merged_note(data)}",
+        rationale=f"{_addresses(rule)} {ev.summary()}{_merged_note(data)}",
         evidence=data.evidence,
         artifact=artifact,
     )
+
+
+def _addresses(rule: BehaviourRule) -> str:
+    if rule.name == OTHER:
+        # The complaint classifier matched no class with confidence: a generic instruction.
+        return (
+            "Users complained in words that match no known behaviour with confidence; review "
+            "these examples and reword this generic instruction before approving."
+        )
+    return f"Addresses “{rule.name}” complaints."

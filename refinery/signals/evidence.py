@@ -1,7 +1,10 @@
 """How did an interaction fail: the one rule both stages read from an interaction's stored evidence.
 
-Pure functions over plain data (feedback as (kind, value, text) tuples, the retrieved sources, the
-response); no database. The cluster stage (refinery.cluster.service) splits a topic whose members
+Functions of plain data (feedback as (kind, value, text) tuples, the retrieved sources, the
+response); no database. Comment text is read by the complaint classifier, which embeds it (the
+process's embedding model, loaded once; labels cached per text).
+
+The cluster stage (refinery.cluster.service) splits a topic whose members
 fail in clearly different ways by `failure_type`; drafting (refinery.propose.drafting) counts
 the same predicates to choose a cluster's proposal kind, so the two stages cannot disagree on what
 a member's evidence says.
@@ -10,7 +13,9 @@ Failure types, the most specific evidence first (an interaction carrying several
 first that holds):
 - correction: the user supplied the answer they wanted (a target answer for a dataset);
 - behaviour: the user's own words complain about a behaviour (length, detail, tone, format,
-  language), explicit text that outranks what retrieval suggests;
+  language, refusal, or a complaint no class matches: "other"), explicit text that outranks what
+  retrieval suggests; the complaint classifier (refinery.signals.complaints, embedding similarity
+  to labelled phrasings, negations handled) reads the words;
 - retrieval_gap: nothing useful was retrieved (no sources, or only weak ones) or the response
   admits not knowing;
 - unspecified: a failure with none of these (a thumbs-down, a low rating, a rephrase, an abandon).
@@ -22,6 +27,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+
+from refinery.signals.complaints import OTHER, classify
 
 FeedbackTuple = tuple[str, float | None, str | None]  # (kind, value, text)
 
@@ -49,46 +56,51 @@ ADMITS_NOT_KNOWING = re.compile(
 
 @dataclass(frozen=True)
 class BehaviourRule:
+    """A complaint class (refinery.signals.complaints) that a system prompt instruction answers."""
+
     name: str
-    pattern: re.Pattern[str]
     instruction: str
 
 
+# Complaints about facts (wrong_facts, outdated) are not behaviours: an instruction cannot supply
+# knowledge; corrections and retrieval gaps carry that evidence.
 BEHAVIOUR_RULES = [
     BehaviourRule(
         "length",
-        re.compile(
-            r"too long|verbose|wordy|shorter|concise|tl;?dr|rambl|wall of text|to the point", re.I
-        ),
         "Keep answers brief: lead with the answer in one or two sentences, then at most five "
         "short steps. Offer more detail only if the user asks for it.",
     ),
     BehaviourRule(
         "detail",
-        re.compile(r"too short|more detail|not enough detail|elaborate|too vague|vague", re.I),
         "Give complete answers: include the concrete steps, values and conditions the user "
         "needs to act without asking again.",
     ),
     BehaviourRule(
         "tone",
-        re.compile(r"rude|condescending|patroniz|unfriendly|robotic|cold|impolite|tone", re.I),
         "Use a warm, respectful tone; acknowledge the user's situation before answering.",
     ),
     BehaviourRule(
         "format",
-        re.compile(
-            r"bullet|numbered|list|step[- ]by[- ]step|formatting|format|table|markdown", re.I
-        ),
         "Format multi-step instructions as a numbered list, one action per step.",
     ),
     BehaviourRule(
         "language",
-        re.compile(
-            r"wrong language|in english|in spanish|in french|in german|my language|language", re.I
-        ),
         "Reply in the language the user wrote in.",
     ),
+    BehaviourRule(
+        "refusal",
+        "Answer requests that fall within your purpose; decline only what your instructions rule "
+        "out, and then say briefly why and what the user can do instead.",
+    ),
+    # Comments that no class matches with confidence: a generic instruction, flagged in the
+    # rationale for reviewers to check against the examples, rather than a misfiled one.
+    BehaviourRule(
+        OTHER,
+        "Answer the question the user actually asked, using only facts you are sure of; if the "
+        "request is unclear, ask one short clarifying question.",
+    ),
 ]
+BEHAVIOURS = frozenset(rule.name for rule in BEHAVIOUR_RULES)
 
 
 def correction_text(kind: str, text: str | None) -> str | None:
@@ -103,11 +115,23 @@ def has_correction(feedback: Iterable[FeedbackTuple]) -> bool:
 
 
 def behaviour_complaints(feedback: Iterable[FeedbackTuple]) -> list[str]:
-    """Names of the behaviours the feedback's text complains about (rule order)."""
-    texts = " ".join(t for kind, _, t in feedback if t and kind in COMPLAINT_KINDS)
+    """Names of the behaviours the feedback's text complains about (rule order), as the complaint
+    classifier (refinery.signals.complaints) labels each comment: a comment no class matches with
+    confidence is OTHER; an edit (the user's own version of the answer) counts only for the
+    classes it clearly names."""
+    texts = [(kind, t) for kind, _, t in feedback if t and t.strip() and kind in COMPLAINT_KINDS]
     if not texts:
         return []
-    return [rule.name for rule in BEHAVIOUR_RULES if rule.pattern.search(texts)]
+    found: set[str] = set()
+    for (kind, _), complaint in zip(texts, classify([t for _, t in texts]), strict=True):
+        if complaint.label == OTHER:
+            if kind == "comment":
+                found.add(OTHER)
+        else:
+            found.update(complaint.labels)
+    if found - {OTHER}:
+        found.discard(OTHER)  # a named behaviour outranks a vague one
+    return [rule.name for rule in BEHAVIOUR_RULES if rule.name in found]
 
 
 @dataclass(frozen=True)
