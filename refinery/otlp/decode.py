@@ -2,8 +2,9 @@
 
 Encodings (OTLP/HTTP spec): `application/x-protobuf` (ExportTraceServiceRequest) and
 `application/json` (its proto3 JSON form, with trace and span ids as hex strings, not base64);
-`Content-Encoding: gzip` or none. The size limit applies to the body as received and again to
-what it inflates to, so a small gzip bomb is refused like a large body.
+`Content-Encoding: gzip` (or deflate, which the Python exporter offers) or none. The size limit
+applies to the body as received and again to what it inflates to, so a small gzip bomb is
+refused like a large body.
 """
 
 from __future__ import annotations
@@ -72,23 +73,24 @@ def media_type(content_type: str | None) -> str:
 
 
 def inflate(body: bytes, content_encoding: str | None, limit: int) -> bytes:
-    """The body with its Content-Encoding undone (gzip or identity), at most `limit` bytes."""
+    """The body with its Content-Encoding undone (gzip, deflate or identity), at most `limit`
+    bytes."""
     encoding = (content_encoding or "identity").strip().lower()
     if encoding == "identity":
         return body
-    if encoding != "gzip":
+    if encoding not in ("gzip", "deflate"):
         raise BadRequest(
             415, f"Content-Encoding {encoding[:40]!r} is not supported: send gzip or none"
         )
-    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    inflater = zlib.decompressobj(wbits=32 + zlib.MAX_WBITS)  # a gzip or zlib header
     try:
         data = inflater.decompress(body, limit + 1)
     except zlib.error as exc:
-        raise BadRequest(400, f"body is not valid gzip: {exc}") from exc
+        raise BadRequest(400, f"body is not valid {encoding}: {exc}") from exc
     if len(data) > limit:
         raise BadRequest(413, f"body inflates to more than COLLECTOR_MAX_BODY_BYTES={limit} bytes")
     if not inflater.eof:
-        raise BadRequest(400, "gzip body is truncated")
+        raise BadRequest(400, f"{encoding} body is truncated")
     return data
 
 

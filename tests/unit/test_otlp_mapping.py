@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import time
+import zlib
 
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -267,6 +268,7 @@ def test_refusals():
     assert wrong_type.value.status == 415 and PROTOBUF in wrong_type.value.detail
     assert media_type("application/json; charset=utf-8") == JSON
     assert inflate(gzip.compress(body), "gzip", 10_000) == body
+    assert inflate(zlib.compress(body), "deflate", 10_000) == body
     with pytest.raises(BadRequest) as bomb:
         inflate(gzip.compress(b"\0" * 1_000_000), "gzip", 10_000)
     assert bomb.value.status == 413
