@@ -12,9 +12,13 @@
 - Tenant: an event naming an app other than the key's is refused (403, the whole request)
   before any other validation, so it is neither accepted nor dead-lettered.
 - Accepted: every event is redacted, written to the interactions or feedback topic (key
-  app/session) and acknowledged by Kafka (acks=all) before 202 {"accepted": n}; Kafka not
-  acknowledging within COLLECTOR_PRODUCE_TIMEOUT_S: 503, and the client retries (event ids make
-  a retry harmless).
+  app/session) and acknowledged by Kafka (acks=all) before 202 {"accepted": n}.
+- Kafka unreachable or not acknowledging: 503 with `Retry-After`, within
+  COLLECTOR_PRODUCE_TIMEOUT_S (the request's work runs in a thread it stops waiting for at that
+  deadline; every Kafka call in it is bounded by the same deadline), never a 500; the client
+  retries (event ids make a retry harmless). For RETRY_AFTER_S after a failure, requests get the
+  503 at once instead of each holding a thread for the whole timeout, and `/readyz` fails
+  (`kafka_ready`), so a load balancer sends producers to a replica that can reach Kafka.
 - CORS: browsers from COLLECTOR_CORS_ORIGINS may call it (preflight included); a request with
   any other Origin gets 403.
 """
@@ -24,11 +28,15 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import socket
 import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
+import anyio
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
@@ -42,7 +50,13 @@ from refinery.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 
 KEY_HEADER = "X-Refinery-Key"
+# How long after a Kafka failure requests get 503 at once, and what Retry-After says.
+RETRY_AFTER_S = 5
 _producer_lock = threading.Lock()
+
+
+class KafkaUnavailable(Exception):
+    """Kafka cannot be reached or did not acknowledge in time: 503, the client retries."""
 
 
 @asynccontextmanager
@@ -50,7 +64,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     yield
     producer = getattr(app.state, "collector_producer", None)
     if producer is not None:
-        await run_in_threadpool(producer.close, 10)
+        try:
+            await run_in_threadpool(producer.close, 10)
+        except Exception:  # Kafka gone at shutdown: what was not acknowledged got a 503
+            log.warning("collector: producer did not close cleanly", exc_info=True)
 
 
 router = APIRouter(tags=["collector"], lifespan=_lifespan)
@@ -60,20 +77,108 @@ def _settings(request: Request) -> Settings:
     return getattr(request.app.state, "settings", None) or get_settings()
 
 
-def producer_for(request: Request) -> Any:
+def _remaining(deadline: float) -> float:
+    return max(deadline - time.monotonic(), 0.0)
+
+
+def producer_for(request: Request, deadline: float | None = None) -> Any:
     """The app's Kafka producer, made on first use (acks=all, idempotent); tests may set
-    `app.state.collector_producer` to their own."""
+    `app.state.collector_producer` to their own. Raises KafkaUnavailable when it cannot be made
+    by `deadline` (no broker answers): it is made again on a later request."""
     state = request.app.state
     producer = getattr(state, "collector_producer", None)
-    if producer is None:
-        with _producer_lock:
-            producer = getattr(state, "collector_producer", None)
-            if producer is None:
-                from refinery.kafka.clients import make_producer
+    if producer is not None:
+        return producer
+    settings = _settings(request)
+    if deadline is None:
+        deadline = time.monotonic() + settings.collector_produce_timeout_s
+    if not _producer_lock.acquire(timeout=_remaining(deadline)):
+        raise KafkaUnavailable("another request is still connecting to Kafka")
+    try:
+        producer = getattr(state, "collector_producer", None)
+        if producer is None:
+            from kafka import KafkaProducer
 
-                producer = make_producer(_settings(request))
-                state.collector_producer = producer
-    return producer
+            from refinery.kafka.clients import make_producer
+
+            timeout_ms = int(settings.collector_produce_timeout_s * 1000)
+            clients: list[Any] = []
+
+            def client(**config: Any) -> Any:
+                made = KafkaProducer.DEFAULT_CONFIG["kafka_client"](**config)
+                clients.append(made)
+                return made
+
+            try:
+                producer = make_producer(
+                    settings,
+                    # The defaults wait 30 s for a first broker and 60 s for metadata.
+                    bootstrap_timeout_ms=max(int(_remaining(deadline) * 1000), 1),
+                    max_block_ms=timeout_ms,
+                    # Back within a second or so of the broker returning, not up to 30 s.
+                    reconnect_backoff_max_ms=1000,
+                    kafka_client=client,
+                )
+            except Exception as exc:  # NoBrokersAvailable, DNS, TLS: Kafka is not there
+                # kafka-python does not close the client of a producer it failed to make: each
+                # attempt during an outage would leak its sockets.
+                for made in clients:
+                    _close_quietly(made.close)
+                raise KafkaUnavailable(f"no Kafka broker answered: {type(exc).__name__}") from exc
+            state.collector_producer = producer
+        return producer
+    finally:
+        _producer_lock.release()
+
+
+def _kafka_failed(request: Request, producer: Any = None) -> None:
+    """Answer 503 at once for RETRY_AFTER_S; and replace `producer`, which failed: a producer
+    can be left in a fatal state (an idempotent producer whose id the broker lost on restart
+    refuses every later send), and a fresh one costs one connection."""
+    state = request.app.state
+    state.collector_kafka_down_until = time.monotonic() + RETRY_AFTER_S
+    if producer is None or getattr(state, "collector_producer", None) is not producer:
+        return
+    state.collector_producer = None
+    close_now = partial(producer.close, 0)  # drops what it holds: those requests got 503
+    threading.Thread(target=_close_quietly, args=(close_now,), daemon=True).start()
+
+
+def _close_quietly(close: Any) -> None:
+    """Close a failed producer or Kafka client."""
+    try:
+        close()
+    except Exception:  # it failed already; closing is only to free its sockets
+        log.debug("collector: closing a failed Kafka client", exc_info=True)
+
+
+def _kafka_down(app: Any) -> bool:
+    return time.monotonic() < getattr(app.state, "collector_kafka_down_until", 0.0)
+
+
+def kafka_ready(app: Any, timeout_s: float = 1.0) -> bool:
+    """Readiness of the collector: no Kafka failure in the last RETRY_AFTER_S and a bootstrap
+    server accepts a TCP connection. Only a probe: a broker that accepts connections but does not
+    acknowledge shows up as the failures of real requests."""
+    if _kafka_down(app):
+        return False
+    servers = (_settings_of(app).kafka_bootstrap_servers or "").split(",")
+    for server in filter(None, (s.strip() for s in servers)):
+        host, _, port = server.rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+            return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
+def _settings_of(app: Any) -> Settings:
+    return getattr(app.state, "settings", None) or get_settings()
+
+
+def _unavailable(detail: str) -> tuple[int, dict[str, Any]]:
+    return 503, {"detail": f"{detail}; retry after {RETRY_AFTER_S} s"}
 
 
 def _cors_headers(settings: Settings, origin: str | None) -> dict[str, str] | None:
@@ -89,7 +194,10 @@ def _cors_headers(settings: Settings, origin: str | None) -> dict[str, str] | No
 
 
 def _reply(status: int, body: dict[str, Any], cors: dict[str, str] | None) -> JSONResponse:
-    return JSONResponse(body, status_code=status, headers=cors or {})
+    headers = dict(cors or {})
+    if status == 503:
+        headers["Retry-After"] = str(RETRY_AFTER_S)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _app_of_key(settings: Settings, key: str) -> str | None:
@@ -132,7 +240,10 @@ def preflight(request: Request) -> Response:
         403: {"description": "The key's app is not the events' app, or the Origin is not allowed."},
         413: {"description": "Body or batch too large."},
         422: {"description": "Not JSON, or invalid events (index, reason, detail each)."},
-        503: {"description": "Kafka did not acknowledge in time; retry."},
+        503: {
+            "description": "Kafka unreachable or not acknowledging in time; retry after"
+            " the `Retry-After` seconds."
+        },
     },
 )
 async def collect(request: Request) -> JSONResponse:
@@ -162,12 +273,25 @@ async def collect(request: Request) -> JSONResponse:
         if len(body) > limit:
             return _reply(413, too_large, cors)
 
-    status, reply = await run_in_threadpool(_accept, request, settings, key_app, bytes(body))
+    if _kafka_down(request.app):
+        return _reply(*_unavailable("Kafka is unreachable"), cors)
+    timeout = settings.collector_produce_timeout_s
+    deadline = time.monotonic() + timeout
+    work = partial(_accept, request, settings, key_app, bytes(body), deadline)
+    try:
+        with anyio.fail_after(timeout):
+            # abandon_on_cancel: at the deadline the reply goes out; the thread ends on its own
+            # within its Kafka calls' bounds (a late produce is harmless: event ids dedupe).
+            status, reply = await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+    except TimeoutError:
+        log.warning("collector: no answer from Kafka within %.1f s", timeout)
+        _kafka_failed(request)
+        status, reply = _unavailable("Kafka did not answer in time")
     return _reply(status, reply, cors)
 
 
 def _accept(
-    request: Request, settings: Settings, key_app: str, body: bytes
+    request: Request, settings: Settings, key_app: str, body: bytes, deadline: float
 ) -> tuple[int, dict[str, Any]]:
     try:
         payload = json.loads(body.decode("utf-8"))
@@ -204,9 +328,17 @@ def _accept(
             invalid.append((index, raw, item, event))
         else:
             events.append(redact_event(event))
-    producer = producer_for(request)
+    try:
+        producer = producer_for(request, deadline)
+    except KafkaUnavailable as exc:
+        log.warning("collector: %s", exc)
+        _kafka_failed(request)
+        if not invalid:
+            return _unavailable("Kafka is unreachable")
+        producer = None  # the 422 stands; its dead letters cannot be written
     if invalid:
-        _dead_letter(producer, settings, key_app, invalid)
+        if producer is not None:
+            _dead_letter(request, producer, settings, key_app, invalid, deadline)
         return 422, {
             "detail": f"{len(invalid)} of {len(items)} events are invalid; none was accepted",
             "errors": [
@@ -223,12 +355,13 @@ def _accept(
             for e in events
         ]
         for future in futures:
-            future.get(timeout=settings.collector_produce_timeout_s)
+            future.get(timeout=_remaining(deadline))
     except Exception as exc:  # a Kafka error or timeout: the client retries
         log.warning(
             "collector: Kafka did not acknowledge %d event(s): %s", len(events), type(exc).__name__
         )
-        return 503, {"detail": "Kafka did not acknowledge the events in time; retry the request"}
+        _kafka_failed(request, producer)
+        return _unavailable("Kafka did not acknowledge the events in time")
     return 202, {"accepted": len(events)}
 
 
@@ -248,10 +381,12 @@ def _shown(value: Any) -> str:
 
 
 def _dead_letter(
+    request: Request,
     producer: Any,
     settings: Settings,
     key_app: str,
     invalid: list[tuple[int, bytes, Any, InvalidEvent]],
+    deadline: float,
 ) -> None:
     """Dead-letter the invalid events under the key's app (Kafka key and header `principal_app`),
     never under the app the body names: `refinery dlq replay` checks the two still agree."""
@@ -271,6 +406,8 @@ def _dead_letter(
             principal_app=key_app,
         )
     try:
-        dead_letters.flush()
+        # A little before the deadline, so that the 422 (not a 503) goes out.
+        dead_letters.flush(timeout_s=max(_remaining(deadline) - 0.5, 0.1))
     except Exception:  # the 422 stands; the dead letters are a copy for operators
         log.warning("collector: dead letters not acknowledged", exc_info=True)
+        _kafka_failed(request, producer)

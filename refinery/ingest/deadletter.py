@@ -125,12 +125,14 @@ class DeadLetterQueue:
         )
         self._reasons.append(invalid.reason)
 
-    def flush(self) -> None:
-        """Block until every dead letter is acknowledged; raises if one was not."""
+    def flush(self, timeout_s: float = 30.0) -> None:
+        """Block until every dead letter is acknowledged, `timeout_s` at most in all; raises if
+        one was not."""
         pending, self._pending = self._pending, []
         reasons, self._reasons = self._reasons, []
+        deadline = time.monotonic() + timeout_s
         for future in pending:
-            future.get(timeout=30)
+            future.get(timeout=max(deadline - time.monotonic(), 0.0))
         for reason in reasons:
             EVENTS_DEAD_LETTERED.labels(reason=reason).inc()
 
