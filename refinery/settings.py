@@ -452,6 +452,23 @@ class Settings(BaseSettings):
         " cosine / geometric mean of the clusters' mean inner cosines): one topic split in two.",
     )
     default_prompt_name: str = Field("default", description="Prompt name when events carry none.")
+    draft_llm_endpoint: str | None = Field(
+        None,
+        description="Base URL of an OpenAI-compatible chat API (vLLM, llama.cpp server, Ollama,"
+        " OpenAI; e.g. http://llm:8000/v1) that words the instruction and rationale of system"
+        " prompt edits (refinery.propose.drafters). Unset: templates only. On a timeout,"
+        " refusal, HTTP error or an answer that fails validation the template is used and the"
+        " proposal's evidence says why (drafted_by, fallback_reason).",
+    )
+    draft_llm_model: str = Field(
+        "gpt-4o-mini", description="Model name sent to DRAFT_LLM_ENDPOINT."
+    )
+    draft_llm_api_key: SecretStr | None = Field(
+        None, description="Bearer token for DRAFT_LLM_ENDPOINT; never logged."
+    )
+    draft_llm_timeout_s: float = Field(
+        30.0, gt=0, description="Timeout of one drafting request; past it the template is used."
+    )
 
     # --- review ------------------------------------------------------------------------------
     outbox_batch_size: int = Field(100, description="Outbox rows published per relay pass.")

@@ -120,6 +120,16 @@ class Evidence(BaseModel):
         " a sample of non-failing ones; None until a sample was drawn, and for a merged proposal"
         " (each part has its own).",
     )
+    drafted_by: str = Field(
+        "template",
+        description='Who worded the artifact: "template" (deterministic) or "llm:<model>"'
+        " (DRAFT_LLM_ENDPOINT; the shape and every figure stay the template's).",
+    )
+    fallback_reason: str | None = Field(
+        None,
+        description="Why a configured language model's draft was not used and the template was:"
+        " timeout, refusal, http_error, invalid_output or rejected (with detail).",
+    )
 
 
 class SystemPromptEdit(BaseModel):

@@ -11,7 +11,9 @@ import hashlib
 import json
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 import numpy as np
 from sqlalchemy import select, update
@@ -20,6 +22,7 @@ from sqlalchemy.orm import Session
 from refinery.cluster.trends import growth
 from refinery.embed.service import vectors_from_rows
 from refinery.ops.metrics import PROPOSALS, after_commit
+from refinery.propose.drafters import ChatDrafter, Drafter, make_drafter
 from refinery.propose.drafting import DraftInput, MemberEvidence, draft
 from refinery.propose.topics import TopicVectors, group_same_topic
 from refinery.review.transitions import record_audit
@@ -61,8 +64,34 @@ class ProposeResult:
     skipped_clusters: list[str] = field(default_factory=list)
 
 
-def propose_for_app(session: Session, app_id: str, settings: Settings, model: str) -> ProposeResult:
+def propose_for_app(
+    session: Session,
+    app_id: str,
+    settings: Settings,
+    model: str,
+    drafter: Drafter | None = None,
+) -> ProposeResult:
+    """`drafter` words the templates' drafts (refinery.propose.drafters); default: the one the
+    settings select (templates unless DRAFT_LLM_ENDPOINT is set)."""
     result = ProposeResult()
+    own_drafter = drafter is None
+    drafter = drafter or make_drafter(settings)
+    try:
+        _propose(session, app_id, settings, model, drafter, result)
+    finally:
+        if own_drafter and isinstance(drafter, ChatDrafter):
+            drafter.close()
+    return result
+
+
+def _propose(
+    session: Session,
+    app_id: str,
+    settings: Settings,
+    model: str,
+    drafter: Drafter,
+    result: ProposeResult,
+) -> None:
     clusters = session.scalars(
         select(Cluster)
         .where(Cluster.app_id == app_id, Cluster.active.is_(True))
@@ -76,13 +105,13 @@ def propose_for_app(session: Session, app_id: str, settings: Settings, model: st
         drafts.append(_draft_input(session, cluster, settings, model))
     produced: set[tuple[str, str]] = set()
     transitions: Counter[tuple[str, str]] = Counter()  # (kind, status entered) -> proposals
-    for cluster, proposal in _one_proposal_per_failure_mode(
+    for cluster, proposal, data in _failure_modes(
         drafts, settings.proposal_merge_topic_closeness, result
     ):
         kind = proposal.kind.value
         produced.add((cluster.id, kind))
         before = len(result.created)
-        _upsert(session, cluster, proposal, result)
+        _upsert(session, cluster, proposal, result, word=partial(drafter.word, data))
         transitions[(kind, ProposalStatus.PENDING)] += len(result.created) - before
 
     # Pending proposals the current evidence no longer calls for: their cluster was retired or
@@ -116,7 +145,6 @@ def propose_for_app(session: Session, app_id: str, settings: Settings, model: st
 
     # Counted when the caller commits: a pass that rolls back (and is retried) created nothing.
     after_commit(session, count)
-    return result
 
 
 def _guarded_update(session: Session, row: ProposalRow, **values: object) -> bool:
@@ -167,7 +195,16 @@ def _refinement_key(proposal: AnyProposal) -> tuple[str, ...]:
 def _one_proposal_per_failure_mode(
     drafts: list[ClusterDraft], min_topic_closeness: float, result: ProposeResult
 ) -> list[tuple[Cluster, AnyProposal]]:
-    """Clusters of one failure mode reach reviewers as one proposal, owned by the largest of them
+    """(anchor cluster, template draft) per failure mode; see _failure_modes."""
+    return [(c, p) for c, p, _ in _failure_modes(drafts, min_topic_closeness, result)]
+
+
+def _failure_modes(
+    drafts: list[ClusterDraft], min_topic_closeness: float, result: ProposeResult
+) -> list[tuple[Cluster, AnyProposal, DraftInput]]:
+    """Each failure mode's template draft with its anchor cluster and the (pooled) input behind it.
+
+    Clusters of one failure mode reach reviewers as one proposal, owned by the largest of them
     (the same clusters always give the same owner, so the upsert keyed by (cluster, kind) stays
     idempotent, and the parts' own pending proposals are superseded as no longer produced).
 
@@ -177,7 +214,7 @@ def _one_proposal_per_failure_mode(
     - Datasets and knowledge sources merge only when their clusters are one topic split in two
       (refinery.propose.topics): gaps on different topics need different sources.
     """
-    out: list[tuple[Cluster, AnyProposal]] = []
+    out: list[tuple[Cluster, AnyProposal, DraftInput]] = []
     by_refinement: dict[tuple[str, ...], list[ClusterDraft]] = {}
     for d in drafts:
         proposal = draft(d.data)
@@ -194,16 +231,17 @@ def _one_proposal_per_failure_mode(
             parts = sorted(
                 (same[i] for i in indexes), key=lambda d: (-d.cluster.size, d.cluster.id)
             )
-            merged = draft(_merged_input([d.data for d in parts])) if len(parts) > 1 else None
-            if merged is not None and _refinement_key(merged) == key:
-                out.append((parts[0].cluster, merged))
+            pooled = _merged_input([d.data for d in parts]) if len(parts) > 1 else None
+            merged = draft(pooled) if pooled is not None else None
+            if pooled is not None and merged is not None and _refinement_key(merged) == key:
+                out.append((parts[0].cluster, merged, pooled))
                 continue
             # Single cluster, or (defensively) pooled evidence that no longer calls for the same
             # refinement: each part proposes on its own.
             for d in parts:
                 own = draft(d.data)
                 assert own is not None
-                out.append((d.cluster, own))
+                out.append((d.cluster, own, d.data))
     return out
 
 
@@ -278,12 +316,26 @@ def _merged_input(inputs: list[DraftInput]) -> DraftInput:
     )
 
 
-def _upsert(
-    session: Session, cluster: Cluster, proposal: AnyProposal, result: ProposeResult
-) -> None:
+def fingerprint_of(proposal: AnyProposal) -> str:
+    """The template draft's content, without who worded it: a model's rewording of unchanged
+    evidence is not a change (and is not asked for again)."""
     payload = proposal.model_dump(mode="json")
-    fingerprint = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    for key in ("drafted_by", "fallback_reason"):
+        payload["evidence"].pop(key, None)
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _upsert(
+    session: Session,
+    cluster: Cluster,
+    proposal: AnyProposal,
+    result: ProposeResult,
+    word: Callable[[AnyProposal], AnyProposal] | None = None,
+) -> None:
+    """`proposal` is the template's draft; `word` (a drafter) words it only when it is stored."""
+    fingerprint = fingerprint_of(proposal)
     kind = proposal.kind.value
+    word = word or (lambda p: p)
     open_row = session.scalars(
         select(ProposalRow).where(
             ProposalRow.cluster_id == cluster.id,
@@ -299,8 +351,13 @@ def _upsert(
             # A person's edit outranks a template redraft; the evidence shown stays as they saw it.
             result.unchanged.append(open_row.id)
             return
+        proposal = word(proposal)
         if not _guarded_update(
-            session, open_row, payload=payload, fingerprint=fingerprint, title=proposal.title
+            session,
+            open_row,
+            payload=proposal.model_dump(mode="json"),
+            fingerprint=fingerprint,
+            title=proposal.title,
         ):
             result.unchanged.append(open_row.id)  # a reviewer decided it meanwhile
             return
@@ -329,6 +386,7 @@ def _upsert(
         # Reviewers already ruled on this failure mode; do not ask them again.
         result.unchanged.append(decided)
         return
+    proposal = word(proposal)
     row = ProposalRow(
         id=f"p_{uuid.uuid4().hex[:16]}",
         app_id=cluster.app_id,
@@ -337,7 +395,7 @@ def _upsert(
         status=ProposalStatus.PENDING,
         version=1,
         title=proposal.title,
-        payload=payload,
+        payload=proposal.model_dump(mode="json"),
         fingerprint=fingerprint,
     )
     session.add(row)
