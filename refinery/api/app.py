@@ -14,15 +14,19 @@ import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import anyio.to_thread
+import fastapi_offline
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from refinery.api.http_metrics import HttpMetrics
 from refinery.api.middleware import BodySizeLimit, SecurityHeaders
 from refinery.api.routes import health, prompts, proposals, tokens, ui
 from refinery.api.tokens import PrincipalCache
@@ -36,6 +40,11 @@ from refinery.store.db import session_factory
 log = logging.getLogger(__name__)
 
 API_VERSION = "1.0"
+
+# Swagger UI and ReDoc as installed files (the fastapi-offline package ships both bundles), so
+# /docs and /redoc work without reaching a CDN: air-gapped deployments, and a CSP of 'self'.
+DOCS_ASSETS_DIR = Path(fastapi_offline.__file__).resolve().parent / "static"
+DOCS_ASSETS_URL = "/docs-assets"
 
 
 def create_app(settings: Settings, *, sessions: sessionmaker[Session] | None = None) -> FastAPI:
@@ -83,9 +92,28 @@ def create_app(settings: Settings, *, sessions: sessionmaker[Session] | None = N
     def root() -> RedirectResponse:
         return RedirectResponse("/ui/", status_code=303)
 
+    app.mount(DOCS_ASSETS_URL, StaticFiles(directory=DOCS_ASSETS_DIR), name="docs-assets")
+
     @app.get("/docs", include_in_schema=False)
     def docs() -> HTMLResponse:
-        page = get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json", title=app.title)
+        page = get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=app.title,
+            swagger_js_url=f"{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS_URL}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS_URL}/favicon.png",
+        )
+        return _with_hashed_scripts(page)
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc() -> HTMLResponse:
+        page = get_redoc_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=app.title,
+            redoc_js_url=f"{DOCS_ASSETS_URL}/redoc.standalone.js",
+            redoc_favicon_url=f"{DOCS_ASSETS_URL}/favicon.png",
+            with_google_fonts=False,
+        )
         return _with_hashed_scripts(page)
 
     # Outermost last: security headers wrap everything, the 413 included.
@@ -100,20 +128,24 @@ def create_app(settings: Settings, *, sessions: sessionmaker[Session] | None = N
         },
     )
     app.add_middleware(SecurityHeaders)
+    # Outermost: every response is counted, the 413s and security-header ones included.
+    app.add_middleware(HttpMetrics)
     return app
 
 
 def _with_hashed_scripts(page: HTMLResponse) -> HTMLResponse:
-    """Swagger UI needs its CDN assets and one inline script: allow exactly those (by hash)."""
+    """Swagger UI and ReDoc load their bundles from this server and run one inline script each:
+    allow exactly those (the inline one by hash). Both inject style elements (ReDoc's
+    styled-components), hence inline styles; ReDoc's search runs in a blob: worker."""
     body = bytes(page.body).decode()
     hashes = " ".join(
         "'sha256-" + base64.b64encode(hashlib.sha256(script.encode()).digest()).decode() + "'"
         for script in re.findall(r"<script>(.*?)</script>", body, flags=re.S)
     )
     page.headers["content-security-policy"] = (
-        f"default-src 'none'; script-src https://cdn.jsdelivr.net {hashes}; "
-        "style-src https://cdn.jsdelivr.net; img-src 'self' data: https://fastapi.tiangolo.com; "
-        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'"
+        f"default-src 'none'; script-src 'self' {hashes}; style-src 'self' 'unsafe-inline'; "
+        "img-src 'self' data:; font-src 'self' data:; connect-src 'self'; worker-src blob:; "
+        "frame-ancestors 'none'; base-uri 'none'"
     )
     return page
 

@@ -241,11 +241,35 @@ INGEST_DEPENDENCY_ERRORS = Counter(
     registry=REGISTRY,
 )
 
+# --- review API (refinery api) --------------------------------------------------------------
+
+# Requests the API answered, by method, route template (/v1/proposals/{proposal_id}: never the raw
+# path, so ids cannot multiply the series; "<unmatched>" for a path no route matched, a 413 refused
+# before routing included) and status code. rate() by status is the API's error rate.
+HTTP_REQUESTS = Counter(
+    "http_requests",
+    "HTTP requests answered by the API, by method, route template and status code.",
+    ["method", "route", "status"],
+    namespace=_NS,
+    registry=REGISTRY,
+)
+
+# Seconds from a request's arrival to the end of its response, by method and route template.
+# Buckets span a cached token check (~2 ms) to a large dataset page or bulk decision (seconds).
+HTTP_REQUEST_SECONDS = Histogram(
+    "http_request_duration_seconds",
+    "HTTP request latency of the API, by method and route template.",
+    ["method", "route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    namespace=_NS,
+    registry=REGISTRY,
+)
+
 # --- review and outbox ----------------------------------------------------------------------
 
-# Every review attempt, by decision asked (approve, reject, edit) and outcome (applied, conflict
-# when another reviewer won the race, invalid). Conflicts are expected; a burst means two
-# reviewers work the same queue.
+# Every review attempt, by decision asked (approve, reject, edit, claim, release; a bulk decision
+# counts each proposal) and outcome (applied, conflict when another reviewer won the race,
+# invalid). Conflicts are expected; a burst means two reviewers work the same queue.
 REVIEW_DECISIONS = Counter(
     "review_decisions",
     "Review attempts, by decision and outcome.",

@@ -744,6 +744,8 @@ EXPECTED_METRICS = {
     "refinery_clusters": ("app_id",),
     "refinery_proposals": ("kind", "status"),
     "refinery_optional_step_failures": ("step",),
+    "refinery_http_requests": ("method", "route", "status"),
+    "refinery_http_request_duration_seconds": ("method", "route"),
     "refinery_review_decisions": ("decision", "outcome"),
     "refinery_outbox_backlog_rows": (),
     "refinery_outbox_published": (),

@@ -1,10 +1,12 @@
-"""/ui/: the web UI. Server-rendered HTML (Jinja2, autoescape on), one stylesheet, no script.
+"""/ui/: the web UI. Server-rendered HTML (Jinja2, autoescape on), one stylesheet, and one small
+script of keyboard shortcuts (static/review.js) that every page works without.
 
 Log-in: the reviewer pastes an API token; it is kept in an HttpOnly, SameSite=Strict cookie (Secure
 over HTTPS) and checked on every request, so revoking the token logs the browser out. Every form
 that changes something carries a CSRF value derived from that token, which another site cannot
 compute. User text (queries, responses, feedback, comments) is escaped by the autoescaping
-templates, and the Content-Security-Policy forbids any script, so an injected tag stays inert text.
+templates, and the Content-Security-Policy allows only that one script file (no inline script), so
+an injected tag stays inert text.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from refinery.api import views
 from refinery.api.deps import PROPOSAL_ID_PATTERN, ProposalId, SessionsDep, SettingsDep
+from refinery.api.middleware import STRICT_CSP
 from refinery.api.models import ProposalDetail
 from refinery.api.tokens import Principal, Role, authenticate
 from refinery.review import actions, service
@@ -73,6 +77,8 @@ DONE_MESSAGES = {
     "rejected": "Rejected.",
     "edited": "Edit saved; the proposal's version went up.",
     "applied": "Marked applied.",
+    "claimed": "Claimed: it is in your queue (Mine).",
+    "released": "Claim released.",
 }
 
 
@@ -114,8 +120,16 @@ def ui_user(request: Request, sessions: SessionsDep) -> UiUser:
 UiUserDep = Annotated[UiUser, Depends(ui_user)]
 
 
+# The pages load /ui/static/review.js (keyboard shortcuts): that file, and no inline script.
+UI_CSP = f"{STRICT_CSP}; script-src 'self'"
+
+
 def render(name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
-    return HTMLResponse(_templates.get_template(name).render(**context), status_code=status_code)
+    return HTMLResponse(
+        _templates.get_template(name).render(**context),
+        status_code=status_code,
+        headers={"content-security-policy": UI_CSP},
+    )
 
 
 def _cross_site(request: Request) -> bool:
@@ -162,6 +176,15 @@ def stylesheet() -> Response:
     return Response(
         (STATIC_DIR / "app.css").read_bytes(),
         media_type="text/css; charset=utf-8",
+        headers={"Cache-Control": "public, max-age=3600"},
+    )
+
+
+@router.get("/static/review.js")
+def script() -> Response:
+    return Response(
+        (STATIC_DIR / "review.js").read_bytes(),
+        media_type="text/javascript; charset=utf-8",
         headers={"Cache-Control": "public, max-age=3600"},
     )
 
@@ -221,6 +244,7 @@ _FILTERS: dict[str, TypeAdapter[Any]] = {
     "created_before": TypeAdapter(str),
     "search": TypeAdapter(Annotated[str, StringConstraints(max_length=SEARCH_MAX_CHARS)]),
     "sort": TypeAdapter(Literal["newest", "oldest", "size"]),
+    "claim": TypeAdapter(Literal["mine", "unclaimed"]),
     "offset": TypeAdapter(int),
 }
 
@@ -248,7 +272,16 @@ def _parse_filters(params: dict[str, str]) -> tuple[dict[str, Any], list[str]]:
 
 @router.get("/")
 def queue(request: Request, user: UiUserDep, sessions: SessionsDep) -> HTMLResponse:
-    params = {k: v for k, v in request.query_params.items()}
+    return _queue_page(sessions, user, dict(request.query_params.items()))
+
+
+def _queue_page(
+    sessions: sessionmaker[Session],
+    user: UiUser,
+    params: dict[str, str],
+    *,
+    report: BulkReport | None = None,
+) -> HTMLResponse:
     values, errors = _parse_filters(params)
     offset = values.pop("offset", 0)
     sort = values.get("sort", "newest")
@@ -263,6 +296,7 @@ def queue(request: Request, user: UiUserDep, sessions: SessionsDep) -> HTMLRespo
                 created_after=values.get("created_after"),
                 created_before=values.get("created_before"),
                 search=values.get("search"),
+                **service.claim_filter(values.get("claim"), actor=user.principal.name),
             ),
             limit=PAGE_SIZE,
             offset=offset,
@@ -290,9 +324,114 @@ def queue(request: Request, user: UiUserDep, sessions: SessionsDep) -> HTMLRespo
         kinds=[k.value for k in ProposalKind],
         statuses=[s.value for s in ProposalStatus],
         sorts=["newest", "oldest", "size"],
+        claims=list(service.CLAIM_FILTERS),
+        back=urlencode({**kept, "offset": offset}),
+        report=report,
         prev_url=page_url(max(offset - PAGE_SIZE, 0)) if offset > 0 else None,
         next_url=page_url(offset + PAGE_SIZE) if offset + PAGE_SIZE < total else None,
     )
+
+
+@dataclass(frozen=True)
+class BulkReport:
+    action: str
+    outcomes: list[actions.BulkOutcome]
+    error: str | None = None  # the request as a whole was refused
+
+    @property
+    def decided(self) -> int:
+        return sum(o.error is None for o in self.outcomes)
+
+    @property
+    def refused(self) -> list[actions.BulkOutcome]:
+        return [o for o in self.outcomes if o.error is not None]
+
+
+def _picks(values: list[str]) -> list[tuple[str, int]]:
+    """`id:version` values of the list's checkboxes; raises ValueError naming a malformed one."""
+    picks: list[tuple[str, int]] = []
+    for value in values:
+        proposal_id, _, version = value.rpartition(":")
+        try:
+            valid = re.fullmatch(PROPOSAL_ID_PATTERN, proposal_id) and 0 < int(version) < 2**31
+        except ValueError:
+            valid = False
+        if not valid:
+            raise ValueError(f"not a proposal and version: {value[:60]!r}")
+        picks.append((proposal_id, int(version)))
+    return picks
+
+
+@router.post("/bulk")
+async def bulk(
+    request: Request, user: UiUserDep, sessions: SessionsDep, settings: SettingsDep
+) -> Response:
+    """Approve or reject the proposals ticked on the list page (one comment for all), each
+    through the single-decision path; the list comes back saying what happened to each."""
+    raw = (await request.body()).decode("utf-8", "replace")
+    try:
+        pairs = parse_qsl(raw, keep_blank_values=True, max_num_fields=actions.BULK_MAX_ITEMS + 10)
+    except ValueError:  # more fields than a page of proposals
+        message = f"At most {actions.BULK_MAX_ITEMS} proposals at once."
+        return render("error.html", 422, title="Too many", message=message, user=user)
+    form = {k: v.replace("\r\n", "\n") for k, v in pairs}
+    if _cross_site(request) or not hmac.compare_digest(form.get("csrf", ""), user.csrf):
+        return render(
+            "error.html", 403, title="Forbidden", message="Stale form; reload the page.", user=user
+        )
+    back = dict(parse_qsl(form.get("back", ""), max_num_fields=20))
+    action = form.get("action", "")
+    return await run_in_threadpool(_bulk, sessions, settings, user, form, pairs, back, action)
+
+
+def _bulk(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    user: UiUser,
+    form: dict[str, str],
+    pairs: list[tuple[str, str]],
+    back: dict[str, str],
+    action: str,
+) -> HTMLResponse:
+    def refused(status_code: int, message: str) -> HTMLResponse:
+        page = _queue_page(sessions, user, back, report=BulkReport(action, [], message))
+        page.status_code = status_code
+        return page
+
+    if action not in ("approve", "reject"):
+        return refused(422, "action: choose approve or reject.")
+    try:
+        picks = _picks([v for k, v in pairs if k == "pick"])
+        comment = form.get("comment", "").strip() or None
+        if comment is not None:
+            comment = TypeAdapter(actions.CleanText).validate_python(comment[:4000])
+    except (ValueError, ValidationError) as exc:
+        return refused(422, f"Invalid bulk request: {exc}")
+    if not picks:
+        return refused(422, "Select at least one pending proposal.")
+    if len(picks) > actions.BULK_MAX_ITEMS:
+        return refused(422, f"At most {actions.BULK_MAX_ITEMS} proposals at once.")
+    if not user.can_review:
+        reason = f"needs role reviewer or above; this token is {user.principal.role}"
+        for proposal_id, _ in picks:
+            actions.audit_forbidden(
+                sessions,
+                proposal_id,
+                actor=user.principal.name,
+                action=action,
+                target=_TARGET[action],
+                reason=reason,
+            )
+        return refused(403, f"Not allowed: {reason}.")
+    outcomes = actions.bulk_decide(
+        sessions,
+        "approve" if action == "approve" else "reject",
+        picks,
+        actor=user.principal.name,
+        topic=settings.topic_approved,
+        comment=comment,
+    )
+    return _queue_page(sessions, user, back, report=BulkReport(action, outcomes))
 
 
 # --- one proposal --------------------------------------------------------------------------
@@ -417,6 +556,12 @@ def _act(
     actor: str,
     form: dict[str, str],
 ) -> None:
+    if action == "claim":
+        service.claim(sessions, proposal_id, actor=actor, force=bool(form.get("force")))
+        return
+    if action == "release":
+        service.release(sessions, proposal_id, actor=actor, force=bool(form.get("force")))
+        return
     comment = form.get("comment", "").strip() or None
     if comment is not None:
         comment = TypeAdapter(actions.CleanText).validate_python(comment[:4000])
@@ -459,14 +604,28 @@ def _state(sessions: sessionmaker[Session], proposal_id: str) -> str:
         return service.describe_state(service.get_proposal(session, proposal_id))
 
 
-_DONE = {"approve": "approved", "reject": "rejected", "edit": "edited", "applied": "applied"}
-_TARGET = {"approve": "approved", "reject": "rejected", "edit": "pending", "applied": "applied"}
+_DONE = {
+    "approve": "approved",
+    "reject": "rejected",
+    "edit": "edited",
+    "applied": "applied",
+    "claim": "claimed",
+    "release": "released",
+}
+_TARGET = {
+    "approve": "approved",
+    "reject": "rejected",
+    "edit": "pending",
+    "applied": "applied",
+    "claim": "pending",
+    "release": "pending",
+}
 
 
 @router.post("/proposals/{proposal_id}/{action}")
 async def proposal_action(
     proposal_id: ProposalId,
-    action: Literal["approve", "reject", "edit", "applied"],
+    action: Literal["approve", "reject", "edit", "applied", "claim", "release"],
     request: Request,
     user: UiUserDep,
     sessions: SessionsDep,
