@@ -37,6 +37,7 @@ def test_confluent_kafka_produces_to_the_embedded_broker(
             on_delivery=lambda error, _message: delivered.append(error),
         )  # fmt: skip
     assert producer.flush(60) == 0
+    del producer  # librdkafka's threads stop now, not after the broker does
     assert delivered == [None, None]  # acknowledged, no error
 
     assert ingest(settings, analyze=False).stats.stored == 2
