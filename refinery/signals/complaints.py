@@ -150,6 +150,7 @@ class ComplaintClassifier:
     def classify(self, texts: list[str]) -> list[Complaint]:
         with self._lock:
             todo = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        fresh: dict[str, Complaint] = {}
         if todo:
             split = [clauses(t) for t in todo]
             flat = [c for cs in split for c in cs]
@@ -159,7 +160,6 @@ class ComplaintClassifier:
                     cue = _CUE_PATTERNS.get(name)
                     if cue is not None and cue.search(clause):
                         scores[i, j] += CUE_BONUS
-            fresh: dict[str, Complaint] = {}
             row = 0
             for text, cs in zip(todo, split, strict=True):
                 fresh[text] = self._decide(cs, scores[row : row + len(cs)])
