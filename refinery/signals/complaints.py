@@ -149,7 +149,8 @@ class ComplaintClassifier:
 
     def classify(self, texts: list[str]) -> list[Complaint]:
         with self._lock:
-            todo = list(dict.fromkeys(t for t in texts if t not in self._cache))
+            known = {t: self._cache[t] for t in texts if t in self._cache}
+        todo = [t for t in dict.fromkeys(texts) if t not in known]
         fresh: dict[str, Complaint] = {}
         if todo:
             split = [clauses(t) for t in todo]
@@ -169,8 +170,8 @@ class ComplaintClassifier:
                     self._cache[text] = complaint
                 while len(self._cache) > CACHE_SIZE:
                     self._cache.popitem(last=False)
-        with self._lock:
-            return [self._cache[t] if t in self._cache else fresh[t] for t in texts]
+        known.update(fresh)
+        return [known[t] for t in texts]
 
     def _decide(self, clause_texts: list[str], scores: np.ndarray) -> Complaint:
         confident: list[tuple[float, float, str]] = []
