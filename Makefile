@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install system-deps demo test test-unit bench lint format schemas docs clean
+.PHONY: install system-deps demo test test-unit bench chaos lint format schemas docs clean
 
 # torch first, pinned to the CPU build on this machine's disk: a bare `torch` requirement
 # (via sentence-transformers) would download a multi-GB CUDA build.
@@ -44,6 +44,13 @@ test-unit: install
 bench: install
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) bench/run_all.py --clinc ../shared/data/clinc150/data_full.json
+
+# Fault injection under load (tests/chaos/suite.py): starts its own Redis and Tansu broker and a
+# fresh PostgreSQL database per scenario, kills roles and services, prints lost / duplicated /
+# stuck per scenario. `make chaos CHAOS_ARGS="redis postgres"` runs some; make test runs one.
+CHAOS_ARGS ?=
+chaos: install
+	$(PY) -m tests.chaos.suite $(CHAOS_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,1 @@
+"""The fault-injection suite (`make chaos`): real roles and services, faults under load."""
