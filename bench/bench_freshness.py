@@ -331,9 +331,7 @@ def _unplaced(sessions, tracker: Tracker) -> dict[str, int]:  # type: ignore[no-
     with sessions() as session:
         for start in range(0, len(missing), 500):
             for row in session.execute(
-                select(
-                    Interaction.failing, Interaction.cluster_checked_at, Embedding.text_hash
-                )
+                select(Interaction.failing, Interaction.cluster_checked_at, Embedding.text_hash)
                 .outerjoin(Embedding, Embedding.text_hash == Interaction.query_hash)
                 .where(
                     Interaction.app_id == APP_ID,

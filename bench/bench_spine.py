@@ -34,19 +34,35 @@ NOW = (datetime.now(UTC) - timedelta(hours=1)).isoformat()  # inside the event-t
 def _events(n: int) -> tuple[list[bytes], list[bytes]]:
     interactions, feedback = [], []
     for i in range(n):
-        interactions.append(json.dumps({
-            "event_id": f"b-i{i}", "app_id": f"app{i % 4}", "session_id": f"s{i // 5}",
-            "interaction_id": f"i{i}", "occurred_at": NOW,
-            "query": f"How do I change the delivery address of order {100000 + i}? mail me at u{i}@x.io",
-            "response": "Open Orders, choose the order, then Edit address before it ships.",
-            "retrieved_sources": [{"source_id": "kb-1", "score": 0.8}],
-        }).encode())
+        interactions.append(
+            json.dumps(
+                {
+                    "event_id": f"b-i{i}",
+                    "app_id": f"app{i % 4}",
+                    "session_id": f"s{i // 5}",
+                    "interaction_id": f"i{i}",
+                    "occurred_at": NOW,
+                    "query": (
+                        f"How do I change the delivery address of order {100000 + i}?"
+                        f" mail me at u{i}@x.io"
+                    ),
+                    "response": "Open Orders, choose the order, then Edit address before it ships.",
+                    "retrieved_sources": [{"source_id": "kb-1", "score": 0.8}],
+                }
+            ).encode()
+        )
         if i % 2 == 0:
-            feedback.append(json.dumps({
-                "event_id": f"b-f{i}", "app_id": f"app{i % 4}", "interaction_id": f"i{i}",
-                "occurred_at": NOW,
-                "kind": "thumbs_down" if i % 10 == 0 else "thumbs_up",
-            }).encode())
+            feedback.append(
+                json.dumps(
+                    {
+                        "event_id": f"b-f{i}",
+                        "app_id": f"app{i % 4}",
+                        "interaction_id": f"i{i}",
+                        "occurred_at": NOW,
+                        "kind": "thumbs_down" if i % 10 == 0 else "thumbs_up",
+                    }
+                ).encode()
+            )
     return interactions, feedback
 
 
@@ -65,13 +81,21 @@ def bench_ingest(n: int, redis_url: str, database_url: str) -> dict:
     try:
         suffix = uuid.uuid4().hex[:6]
         settings = Settings(
-            _env_file=None, kafka_bootstrap_servers=broker.bootstrap_servers, redis_url=redis_url,
-            database_url=database_url, topic_interactions=f"bi-{suffix}", topic_feedback=f"bf-{suffix}",
+            _env_file=None,
+            kafka_bootstrap_servers=broker.bootstrap_servers,
+            redis_url=redis_url,
+            database_url=database_url,
+            topic_interactions=f"bi-{suffix}",
+            topic_feedback=f"bf-{suffix}",
             topic_dead_letter=f"bd-{suffix}",
         )
-        ensure_topics(broker.bootstrap_servers, {settings.topic_interactions: 6, settings.topic_feedback: 6})
+        ensure_topics(
+            broker.bootstrap_servers, {settings.topic_interactions: 6, settings.topic_feedback: 6}
+        )
         interactions, feedback = _events(n)
-        producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, acks="all", linger_ms=20)
+        producer = KafkaProducer(
+            bootstrap_servers=broker.bootstrap_servers, acks="all", linger_ms=20
+        )
         for value in interactions:
             producer.send(settings.topic_interactions, value)
         for value in feedback:
@@ -81,9 +105,15 @@ def bench_ingest(n: int, redis_url: str, database_url: str) -> dict:
 
         # Bare loop: poll, touch every value, commit per batch. What any consumer must do.
         bare = KafkaConsumer(
-            settings.topic_interactions, settings.topic_feedback, bootstrap_servers=broker.bootstrap_servers,
-            group_id=f"bare-{suffix}", enable_auto_commit=False, auto_offset_reset="earliest",
-            session_timeout_ms=6000, heartbeat_interval_ms=1000, max_poll_interval_ms=60000,
+            settings.topic_interactions,
+            settings.topic_feedback,
+            bootstrap_servers=broker.bootstrap_servers,
+            group_id=f"bare-{suffix}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=1000,
+            max_poll_interval_ms=60000,
         )
         seen, started = 0, None
         while seen < total:
@@ -100,8 +130,12 @@ def bench_ingest(n: int, redis_url: str, database_url: str) -> dict:
         migrate(database_url)
         consumer = IngestConsumer(
             settings,
-            consumer=make_consumer(settings, settings.topic_interactions, settings.topic_feedback,
-                                   group_id=f"ingest-{suffix}"),
+            consumer=make_consumer(
+                settings,
+                settings.topic_interactions,
+                settings.topic_feedback,
+                group_id=f"ingest-{suffix}",
+            ),
             producer=make_producer(settings),
             sessions=session_factory(database_url),
             enqueue=celery_enqueue(settings),
@@ -161,10 +195,20 @@ def bench_embedding(clinc: str | None, n: int, batch_size: int) -> dict:
         sessions = session_factory(url)
         with sessions.begin() as session:
             session.add_all(
-                Interaction(event_id=f"e{i}", app_id="bench", interaction_id=f"i{i}", session_id="s",
-                            occurred_at=datetime.now(UTC),
-                            query=q, response="", sources=[], metadata_={}, query_hash=query_hash(q),
-                            failing=True, failure_reasons=["thumbs_down"])
+                Interaction(
+                    event_id=f"e{i}",
+                    app_id="bench",
+                    interaction_id=f"i{i}",
+                    session_id="s",
+                    occurred_at=datetime.now(UTC),
+                    query=q,
+                    response="",
+                    sources=[],
+                    metadata_={},
+                    query_hash=query_hash(q),
+                    failing=True,
+                    failure_reasons=["thumbs_down"],
+                )
                 for i, q in enumerate(queries)
             )
         with sessions() as session:
@@ -174,7 +218,9 @@ def bench_embedding(clinc: str | None, n: int, batch_size: int) -> dict:
         started = time.perf_counter()
         for start in range(0, len(ids), settings.enqueue_batch_size * 4):
             with sessions.begin() as session:
-                embed_interactions(session, ids[start : start + settings.enqueue_batch_size * 4], embedder)
+                embed_interactions(
+                    session, ids[start : start + settings.enqueue_batch_size * 4], embedder
+                )
         worker_s = time.perf_counter() - started
         started = time.perf_counter()
         with sessions.begin() as session:
@@ -191,13 +237,20 @@ def bench_embedding(clinc: str | None, n: int, batch_size: int) -> dict:
 
 def bench_demo() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL")}
+        env = {
+            k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL")
+        }
         env["DATABASE_URL"] = f"sqlite:///{tmp}/demo.db"
         env["EMBEDDED_KAFKA_PORT"] = "0"
         started = time.perf_counter()
         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        result = subprocess.run([sys.executable, "-m", "refinery.cli", "demo"], env=env, cwd=REPO,
-                                capture_output=True, text=True)
+        result = subprocess.run(
+            [sys.executable, "-m", "refinery.cli", "demo"],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        )
         wall = time.perf_counter() - started
         peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     ok = result.returncode == 0 and "MISSING" not in result.stdout
@@ -210,7 +263,9 @@ def main() -> int:
     parser.add_argument("--clinc", default=str(REPO.parent / "shared/data/clinc150/data_full.json"))
     parser.add_argument("--embed-queries", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/14"))
+    parser.add_argument(
+        "--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/14")
+    )
     args = parser.parse_args()
 
     import redis
@@ -222,18 +277,29 @@ def main() -> int:
     embed = bench_embedding(args.clinc, args.embed_queries, args.batch_size)
     demo = bench_demo()
 
-    print("\n## Spine benchmark (this machine: %d cores)\n" % os.cpu_count())
+    print(f"\n## Spine benchmark (this machine: {os.cpu_count()} cores)\n")
     print("| measure | figure | baseline | ratio | target |")
     print("|---|---|---|---|---|")
-    print(f"| ingest, SQLite + Celery on Redis ({ingest['events']} events, {ingest['enqueued']} enqueued) "
-          f"| {ingest['ingest_eps']:,.0f} events/s | bare consume {ingest['bare_eps']:,.0f} events/s "
-          f"| {ingest['ingest_eps'] / ingest['bare_eps']:.2f} | >= 0.50 |")
-    print(f"| embedding, worker path ({embed['queries']} queries, batch {args.batch_size}) "
-          f"| {embed['worker_qps']:,.0f} queries/s | bare encode {embed['bare_qps']:,.0f} queries/s "
-          f"| {embed['worker_qps'] / embed['bare_qps']:.2f} | >= 0.90 |")
-    print(f"| embedding, cache hits ({embed['cache_hits']}) | {embed['cached_qps']:,.0f} queries/s | | | |")
-    print(f"| `refinery demo` end to end | {demo['wall_s']:.1f} s wall, {demo['peak_mib']:.0f} MiB peak RSS "
-          f"| | | {'all planted modes found' if demo['ok'] else 'FAILED'} |")
+    print(
+        f"| ingest, SQLite + Celery on Redis ({ingest['events']} events, "
+        f"{ingest['enqueued']} enqueued) "
+        f"| {ingest['ingest_eps']:,.0f} events/s | bare consume {ingest['bare_eps']:,.0f} events/s "
+        f"| {ingest['ingest_eps'] / ingest['bare_eps']:.2f} | >= 0.50 |"
+    )
+    print(
+        f"| embedding, worker path ({embed['queries']} queries, batch {args.batch_size}) "
+        f"| {embed['worker_qps']:,.0f} queries/s | bare encode {embed['bare_qps']:,.0f} queries/s "
+        f"| {embed['worker_qps'] / embed['bare_qps']:.2f} | >= 0.90 |"
+    )
+    print(
+        f"| embedding, cache hits ({embed['cache_hits']}) "
+        f"| {embed['cached_qps']:,.0f} queries/s | | | |"
+    )
+    print(
+        f"| `refinery demo` end to end "
+        f"| {demo['wall_s']:.1f} s wall, {demo['peak_mib']:.0f} MiB peak RSS "
+        f"| | | {'all planted modes found' if demo['ok'] else 'FAILED'} |"
+    )
     return 0
 
 

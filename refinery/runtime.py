@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from refinery.kafka.embedded import EmbeddedBroker, ensure_topics, start_embedded_broker
 from refinery.kafka.clients import security_config
+from refinery.kafka.embedded import EmbeddedBroker, ensure_topics, start_embedded_broker
 from refinery.settings import Settings
 from refinery.store.db import migrate, session_factory
 
@@ -37,14 +37,20 @@ def _redact_url(url: str) -> str:
     return url
 
 
-def start_runtime(settings: Settings, *, need_kafka: bool = True, create_topics: bool = True) -> Runtime:
+def start_runtime(
+    settings: Settings, *, need_kafka: bool = True, create_topics: bool = True
+) -> Runtime:
     broker = None
     notes = []
     if need_kafka:
         if settings.kafka_bootstrap_servers is None:
             broker = start_embedded_broker(settings.embedded_kafka_port or None)
-            settings = settings.model_copy(update={"kafka_bootstrap_servers": broker.bootstrap_servers})
-            notes.append(f"Kafka: embedded Tansu broker (memory only) at {broker.bootstrap_servers}")
+            settings = settings.model_copy(
+                update={"kafka_bootstrap_servers": broker.bootstrap_servers}
+            )
+            notes.append(
+                f"Kafka: embedded Tansu broker (memory only) at {broker.bootstrap_servers}"
+            )
         else:
             notes.append(f"Kafka: {settings.kafka_bootstrap_servers}")
         if create_topics:
@@ -68,7 +74,12 @@ def start_runtime(settings: Settings, *, need_kafka: bool = True, create_topics:
     migrate(settings.database_url)
     for note in notes:
         log.info(note)
-    return Runtime(settings=settings, sessions=session_factory(settings.database_url), broker=broker, notes=notes)
+    return Runtime(
+        settings=settings,
+        sessions=session_factory(settings.database_url),
+        broker=broker,
+        notes=notes,
+    )
 
 
 def celery_enqueue(settings: Settings):  # type: ignore[no-untyped-def]

@@ -25,7 +25,9 @@ from pydantic import (
 SUPPORTED_MAJOR_VERSION = 1
 CURRENT_SCHEMA_VERSION = "1.0"
 
-Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f]+$")]
+Identifier = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f]+$")
+]
 AppId = Annotated[
     str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_.-]*$")
 ]

@@ -5,6 +5,7 @@ A missing service fails the test; nothing is skipped silently.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
@@ -29,12 +30,13 @@ def _import_kafka_quietly() -> None:
         import kafka
 
         for module in pkgutil.walk_packages(kafka.__path__, "kafka."):
-            if module.name.endswith("__main__") or module.name.startswith(("kafka.cli", "kafka.bench")):
+            if module.name.endswith("__main__") or module.name.startswith(
+                ("kafka.cli", "kafka.bench")
+            ):
                 continue  # command-line entry points: importing them runs them
-            try:
+            # optional extras (compression codecs, ...) may not be installed
+            with contextlib.suppress(ImportError):
                 importlib.import_module(module.name)
-            except ImportError:  # optional extras (compression codecs, ...) not installed
-                pass
 
 
 _import_kafka_quietly()
@@ -160,7 +162,10 @@ def activate(monkeypatch):
             if value is None:
                 monkeypatch.delenv(name.upper(), raising=False)
             elif name in settings.model_fields_set:
-                monkeypatch.setenv(name.upper(), json.dumps(value) if isinstance(value, (dict, list)) else str(value))
+                monkeypatch.setenv(
+                    name.upper(),
+                    json.dumps(value) if isinstance(value, (dict, list)) else str(value),
+                )
         get_settings.cache_clear()
         configure(app, get_settings())
         return get_settings()

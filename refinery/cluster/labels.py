@@ -14,13 +14,16 @@ NEAR_DUPLICATE = 0.95
 _TOKEN = re.compile(r"[^\W\d_][\w'-]{1,}", re.UNICODE)
 # A short English stop list: labels should name topics, not grammar.
 _STOPWORDS = frozenset(
-    """a about above after again all am an and any are as at be because been before being below
-    between both but by can could did do does doing don't down during each few for from further
-    get got had has have having he her here hers him his how i i'm if in into is it it's its
-    itself just me more most my myself no nor not now of off on once only or other our ours out
-    over own please same she should so some such than that the their theirs them then there these
-    they this those through to too under until up very was we were what when where which while
-    who whom why will with would you your yours yourself can't cannot hi hello thanks thank""".split()
+    """
+    a about above after again all am an and any are as at be because been before being below
+    between both but by can could did do does doing don't down during each few for from
+    further get got had has have having he her here hers him his how i i'm if in into is it
+    it's its itself just me more most my myself no nor not now of off on once only or other
+    our ours out over own please same she should so some such than that the their theirs
+    them then there these they this those through to too under until up very was we were
+    what when where which while who whom why will with would you your yours yourself can't
+    cannot hi hello thanks thank
+    """.split()  # noqa: SIM905 (a word list reads better as one string)
 )
 
 
@@ -30,7 +33,9 @@ def tokenize(text: str) -> list[str]:
 
 def cluster_keywords(docs_by_cluster: dict[str, list[str]], top_n: int = 5) -> dict[str, list[str]]:
     """For each cluster, the terms most frequent in it relative to all clusters (c-TF-IDF)."""
-    term_counts = {cid: Counter(t for d in docs for t in tokenize(d)) for cid, docs in docs_by_cluster.items()}
+    term_counts = {
+        cid: Counter(t for d in docs for t in tokenize(d)) for cid, docs in docs_by_cluster.items()
+    }
     total_per_term: Counter[str] = Counter()
     for counts in term_counts.values():
         total_per_term.update(counts)

@@ -20,7 +20,7 @@ from refinery.demo.workload import APP_ID, generate
 from refinery.embed import embedding_model_name
 from refinery.ingest.consumer import IngestConsumer
 from refinery.kafka.clients import make_consumer, make_producer
-from refinery.review.service import list_proposals, ProposalFilter
+from refinery.review.service import ProposalFilter, list_proposals
 from refinery.runtime import celery_enqueue, start_runtime
 from refinery.settings import Settings
 from refinery.store.models import Embedding, Interaction
@@ -39,9 +39,13 @@ def run_demo(settings: Settings, *, out=sys.stdout) -> int:  # type: ignore[no-u
         work = generate()
         producer = make_producer(settings)
         for event in work.interactions:
-            producer.send(settings.topic_interactions, key=APP_ID.encode(), value=json.dumps(event).encode())
+            producer.send(
+                settings.topic_interactions, key=APP_ID.encode(), value=json.dumps(event).encode()
+            )
         for event in work.feedback:
-            producer.send(settings.topic_feedback, key=APP_ID.encode(), value=json.dumps(event).encode())
+            producer.send(
+                settings.topic_feedback, key=APP_ID.encode(), value=json.dumps(event).encode()
+            )
         for raw in work.invalid:
             producer.send(settings.topic_interactions, key=APP_ID.encode(), value=raw)
         producer.flush()
@@ -54,7 +58,9 @@ def run_demo(settings: Settings, *, out=sys.stdout) -> int:  # type: ignore[no-u
         consumer = IngestConsumer(
             settings,
             consumer=make_consumer(
-                settings, settings.topic_interactions, settings.topic_feedback,
+                settings,
+                settings.topic_interactions,
+                settings.topic_feedback,
                 group_id=f"{settings.ingest_group_id}-demo",
             ),
             producer=producer,
@@ -123,7 +129,9 @@ def _refine(settings: Settings) -> None:
 
 def _print_queue(sessions, planted: dict[str, str], out) -> None:  # type: ignore[no-untyped-def]
     with sessions() as session:
-        rows, total = list_proposals(session, ProposalFilter(app_id=APP_ID, status="pending"), limit=100)
+        rows, total = list_proposals(
+            session, ProposalFilter(app_id=APP_ID, status="pending"), limit=100
+        )
         modes_by_cluster: dict[str, Counter[str]] = {}
         for cluster_id, mode in session.execute(
             select(Interaction.cluster_id, Interaction.metadata_).where(
@@ -140,11 +148,18 @@ def _print_queue(sessions, planted: dict[str, str], out) -> None:  # type: ignor
         share = count / max(sum(modes.values()), 1)
         found[mode] = row.kind
         size = row.payload["evidence"]["size"]
-        print(f"{row.id:<20} {row.kind:<19} {size:>4}  {f'{mode} ({share:.0%})':<28} {row.title}", file=out)
+        print(
+            f"{row.id:<20} {row.kind:<19} {size:>4}  {f'{mode} ({share:.0%})':<28} {row.title}",
+            file=out,
+        )
     print("", file=out)
     for mode, kind in planted.items():
         verdict = "ok" if found.get(mode) == kind else "MISSING"
         print(f"[demo] planted {mode:<14} -> expected {kind:<19} {verdict}", file=out)
     healthy = found.get("healthy")
-    print(f"[demo] healthy traffic -> {'no proposal (ok)' if healthy is None else 'PROPOSAL: ' + healthy}", file=out)
+    verdict = "no proposal (ok)" if healthy is None else "PROPOSAL: " + healthy
+    print(
+        f"[demo] healthy traffic -> {verdict}",
+        file=out,
+    )
     print("[demo] inspect with: refinery review list / refinery review show ID", file=out)

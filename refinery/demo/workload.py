@@ -25,8 +25,16 @@ PROMPT_TEXT = (
 )
 
 PRODUCTS = ["laptop", "tablet", "phone", "smartwatch", "camera", "monitor", "headphones", "speaker"]
-DEVICES = ["wireless earbuds", "smart speaker", "mesh router", "fitness band", "security camera",
-           "smart thermostat", "streaming stick", "robot vacuum"]
+DEVICES = [
+    "wireless earbuds",
+    "smart speaker",
+    "mesh router",
+    "fitness band",
+    "security camera",
+    "smart thermostat",
+    "streaming stick",
+    "robot vacuum",
+]
 FOOD_FOR_THOUGHT = ["Thanks!", "", "", "Quick question.", "Hi there,"]
 
 HEALTHY_TOPICS: dict[str, list[str]] = {
@@ -93,10 +101,13 @@ CORRECTION = [
 
 def _restocking_truth(days: int) -> str:
     if days <= 30:
-        return (f"Returns within 30 days are free, so a return after {days} days has no "
-                "restocking fee.")
-    return (f"After 30 days a 15% restocking fee applies, so a return after {days} days costs "
-            "15% of the price.")
+        return (
+            f"Returns within 30 days are free, so a return after {days} days has no restocking fee."
+        )
+    return (
+        f"After 30 days a 15% restocking fee applies, so a return after {days} days costs "
+        "15% of the price."
+    )
 
 
 @dataclass
@@ -107,15 +118,19 @@ class Workload:
     planted: dict[str, str] = field(default_factory=dict)  # failure mode -> expected kind
 
 
-def generate(seed: int = 7, healthy: int = 400, per_mode: int = 30, noise_rate: float = 0.03) -> Workload:
+def generate(
+    seed: int = 7, healthy: int = 400, per_mode: int = 30, noise_rate: float = 0.03
+) -> Workload:
     rng = random.Random(seed)
     # A week back from now: event-time limits (MAX_EVENT_AGE_S) must accept the demo any day.
     start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=7)
-    work = Workload(planted={
-        "knowledge_gap": "rag_source",
-        "behaviour": "system_prompt_edit",
-        "corrections": "fine_tune_dataset",
-    })
+    work = Workload(
+        planted={
+            "knowledge_gap": "rag_source",
+            "behaviour": "system_prompt_edit",
+            "corrections": "fine_tune_dataset",
+        }
+    )
     counter = 0
 
     def interaction(query: str, response: str, sources: list[dict], mode: str) -> dict:
@@ -142,24 +157,33 @@ def generate(seed: int = 7, healthy: int = 400, per_mode: int = 30, noise_rate: 
         work.interactions.append(event)
         return event
 
-    def feedback(event: dict, kind: str, value: float | None = None, text: str | None = None) -> None:
+    def feedback(
+        event: dict, kind: str, value: float | None = None, text: str | None = None
+    ) -> None:
         n = len(work.feedback) + 1
         at = datetime.fromisoformat(event["occurred_at"]) + timedelta(seconds=rng.randint(5, 600))
-        work.feedback.append({
-            "event_id": f"demo-{seed}-f{n}",
-            "schema_version": "1.0",
-            "app_id": APP_ID,
-            "interaction_id": event["interaction_id"],
-            "session_id": event["session_id"],
-            "occurred_at": at.isoformat(),
-            "kind": kind,
-            **({"value": value} if value is not None else {}),
-            **({"text": text} if text is not None else {}),
-        })
+        work.feedback.append(
+            {
+                "event_id": f"demo-{seed}-f{n}",
+                "schema_version": "1.0",
+                "app_id": APP_ID,
+                "interaction_id": event["interaction_id"],
+                "session_id": event["session_id"],
+                "occurred_at": at.isoformat(),
+                "kind": kind,
+                **({"value": value} if value is not None else {}),
+                **({"text": text} if text is not None else {}),
+            }
+        )
 
     def good_sources(topic: str) -> list[dict]:
-        return [{"source_id": f"kb-{topic}-{rng.randint(1, 9)}", "title": f"Help: {topic}",
-                 "score": round(rng.uniform(0.62, 0.93), 3)}]
+        return [
+            {
+                "source_id": f"kb-{topic}-{rng.randint(1, 9)}",
+                "title": f"Help: {topic}",
+                "score": round(rng.uniform(0.62, 0.93), 3),
+            }
+        ]
 
     fill = {
         "product": lambda: rng.choice(PRODUCTS),
@@ -176,9 +200,13 @@ def generate(seed: int = 7, healthy: int = 400, per_mode: int = 30, noise_rate: 
     for _ in range(healthy):
         topic = rng.choice(sorted(HEALTHY_TOPICS))
         query, _ = render(rng.choice(HEALTHY_TOPICS[topic]))
-        event = interaction(query, f"Here is what I found about your {topic.replace('_', ' ')} "
-                                   "question: the help center explains it step by step.",
-                            good_sources(topic), "healthy")
+        event = interaction(
+            query,
+            f"Here is what I found about your {topic.replace('_', ' ')} "
+            "question: the help center explains it step by step.",
+            good_sources(topic),
+            "healthy",
+        )
         roll = rng.random()
         if roll < noise_rate:
             feedback(event, "thumbs_down")  # noise: unhappy for no systematic reason
@@ -194,19 +222,29 @@ def generate(seed: int = 7, healthy: int = 400, per_mode: int = 30, noise_rate: 
 
     for _ in range(per_mode):
         query, values = render(rng.choice(BEHAVIOUR))
-        steps = " ".join(f"Step {i}: on the {values.get('device', 'device')}, open the menu, review "
-                         f"every option carefully and read the manual section {i} in full."
-                         for i in range(1, 25))
-        event = interaction(query, "Great question! Setting up takes some care. " + steps,
-                            good_sources("setup"), "behaviour")
+        steps = " ".join(
+            f"Step {i}: on the {values.get('device', 'device')}, open the menu, review "
+            f"every option carefully and read the manual section {i} in full."
+            for i in range(1, 25)
+        )
+        event = interaction(
+            query,
+            "Great question! Setting up takes some care. " + steps,
+            good_sources("setup"),
+            "behaviour",
+        )
         feedback(event, "thumbs_down")
         feedback(event, "comment", text=rng.choice(BEHAVIOUR_COMMENTS))
 
     for _ in range(per_mode):
         query, values = render(rng.choice(CORRECTION))
         days = int(values["d"])
-        event = interaction(query, "A 25% restocking fee applies to every return.",
-                            good_sources("returns"), "corrections")
+        event = interaction(
+            query,
+            "A 25% restocking fee applies to every return.",
+            good_sources("returns"),
+            "corrections",
+        )
         feedback(event, "rating", value=rng.choice([1, 2]), text=None)
         feedback(event, "correction", text=_restocking_truth(days))
 
@@ -215,6 +253,8 @@ def generate(seed: int = 7, healthy: int = 400, per_mode: int = 30, noise_rate: 
     work.invalid = [
         b"{not json",
         json.dumps({"event_id": "demo-bad-1", "app_id": APP_ID}).encode(),  # missing fields
-        json.dumps({**work.interactions[0], "event_id": "demo-bad-2", "schema_version": "9.0"}).encode(),
+        json.dumps(
+            {**work.interactions[0], "event_id": "demo-bad-2", "schema_version": "9.0"}
+        ).encode(),
     ]
     return work

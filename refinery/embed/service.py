@@ -23,7 +23,9 @@ class EmbedResult:
     app_ids: list[str]
 
 
-def embed_interactions(session: Session, interaction_ids: list[int], embedder: Embedder) -> EmbedResult:
+def embed_interactions(
+    session: Session, interaction_ids: list[int], embedder: Embedder
+) -> EmbedResult:
     """Idempotent: a second run finds every vector cached and embeds nothing."""
     rows = session.execute(
         select(Interaction.app_id, Interaction.query, Interaction.query_hash).where(
@@ -50,7 +52,12 @@ def embed_interactions(session: Session, interaction_ids: list[int], embedder: E
             session,
             Embedding.__table__,
             [
-                {"model": embedder.name, "text_hash": h, "dim": int(v.shape[0]), "vector": v.tobytes()}
+                {
+                    "model": embedder.name,
+                    "text_hash": h,
+                    "dim": int(v.shape[0]),
+                    "vector": v.tobytes(),
+                }
                 for h, v in zip(todo, vectors, strict=True)
             ],
         )

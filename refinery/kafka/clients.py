@@ -41,7 +41,9 @@ def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
     return KafkaProducer(**config)
 
 
-def make_consumer(settings: Settings, *topics: str, group_id: str, **overrides: Any) -> KafkaConsumer:
+def make_consumer(
+    settings: Settings, *topics: str, group_id: str, **overrides: Any
+) -> KafkaConsumer:
     """A group consumer that never auto-commits: callers commit after their effects are durable."""
     config: dict[str, Any] = {
         "bootstrap_servers": bootstrap(settings),

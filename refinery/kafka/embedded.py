@@ -6,6 +6,7 @@ fixtures. Production points KAFKA_BOOTSTRAP_SERVERS at Apache Kafka.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import time
@@ -76,9 +77,7 @@ def ensure_topics(bootstrap_servers: str, topics: dict[str, int], **client_confi
         existing = set(admin.list_topics())
         missing = [NewTopic(t, n, 1) for t, n in topics.items() if t not in existing]
         if missing:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # created meanwhile: fine
                 admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass
     finally:
         admin.close()

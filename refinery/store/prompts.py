@@ -23,7 +23,9 @@ def current_prompt(session: Session, *, app_id: str, name: str) -> Prompt | None
 
 def prompt_version(session: Session, *, app_id: str, name: str, version: str) -> Prompt | None:
     return session.scalars(
-        select(Prompt).where(Prompt.app_id == app_id, Prompt.name == name, Prompt.version == version)
+        select(Prompt).where(
+            Prompt.app_id == app_id, Prompt.name == name, Prompt.version == version
+        )
     ).first()
 
 

@@ -54,9 +54,19 @@ def read_topic(bootstrap: str, topic: str, *, expect: int, timeout_s: float = 30
 
 def role_env(settings: Settings, **extra: str) -> dict[str, str]:
     """Environment for a `refinery` subprocess that sees the same services as the test."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "REDIS_", "DATABASE_"))}
-    for field in ("kafka_bootstrap_servers", "redis_url", "database_url", "topic_interactions",
-                  "topic_feedback", "topic_dead_letter", "topic_approved", "ingest_group_id"):
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "REDIS_", "DATABASE_"))
+    }
+    for field in (
+        "kafka_bootstrap_servers",
+        "redis_url",
+        "database_url",
+        "topic_interactions",
+        "topic_feedback",
+        "topic_dead_letter",
+        "topic_approved",
+        "ingest_group_id",
+    ):
         value = getattr(settings, field)
         if value is not None:
             env[field.upper()] = str(value)
@@ -65,7 +75,9 @@ def role_env(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
-def start_role(settings: Settings, *args: str, log_path: Path, **extra_env: str) -> subprocess.Popen:
+def start_role(
+    settings: Settings, *args: str, log_path: Path, **extra_env: str
+) -> subprocess.Popen:
     with open(log_path, "ab") as log:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
             [sys.executable, "-m", "refinery.cli", *args],

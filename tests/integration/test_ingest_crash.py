@@ -27,17 +27,28 @@ NOW = (datetime.now(UTC) - timedelta(hours=1)).isoformat()  # inside the event-t
 def _events():
     interactions, feedback = [], []
     for i in range(INTERACTIONS):
-        interactions.append({
-            "event_id": f"crash-i{i}", "app_id": f"app{i % 3}", "session_id": f"s{i // 4}",
-            "interaction_id": f"i{i}", "occurred_at": NOW,
-            "query": f"question number {i} about topic {i % 17}", "response": "an answer",
-        })
+        interactions.append(
+            {
+                "event_id": f"crash-i{i}",
+                "app_id": f"app{i % 3}",
+                "session_id": f"s{i // 4}",
+                "interaction_id": f"i{i}",
+                "occurred_at": NOW,
+                "query": f"question number {i} about topic {i % 17}",
+                "response": "an answer",
+            }
+        )
         if i % 2 == 0:  # half get feedback; every 5th of those fails
             kind = "thumbs_down" if i % 10 == 0 else "thumbs_up"
-            feedback.append({
-                "event_id": f"crash-f{i}", "app_id": f"app{i % 3}", "interaction_id": f"i{i}",
-                "occurred_at": NOW, "kind": kind,
-            })
+            feedback.append(
+                {
+                    "event_id": f"crash-f{i}",
+                    "app_id": f"app{i % 3}",
+                    "interaction_id": f"i{i}",
+                    "occurred_at": NOW,
+                    "kind": kind,
+                }
+            )
     return interactions, feedback
 
 
@@ -56,8 +67,11 @@ def test_sigkill_mid_stream_loses_and_duplicates_nothing(
     kafka_bootstrap, topics, db_url, redis_url, make_settings, tmp_path
 ):
     settings = make_settings(
-        kafka_bootstrap_servers=kafka_bootstrap, database_url=db_url, redis_url=redis_url,
-        ingest_batch_max_records=50, **topics,
+        kafka_bootstrap_servers=kafka_bootstrap,
+        database_url=db_url,
+        redis_url=redis_url,
+        ingest_batch_max_records=50,
+        **topics,
     )
     migrate(db_url)
     sessions = session_factory(db_url)
@@ -78,7 +92,9 @@ def test_sigkill_mid_stream_loses_and_duplicates_nothing(
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=10)
         killed_at.append(stored())
-    assert killed_at[-1] < INTERACTIONS, "the consumer finished before it could be killed mid-stream"
+    assert killed_at[-1] < INTERACTIONS, (
+        "the consumer finished before it could be killed mid-stream"
+    )
 
     final = start_role(settings, "ingest", "--until-caught-up", log_path=log, **env)
     try:
@@ -89,7 +105,9 @@ def test_sigkill_mid_stream_loses_and_duplicates_nothing(
 
     with sessions() as session:
         assert session.scalar(select(func.count(Interaction.id))) == INTERACTIONS
-        assert session.scalar(select(func.count(func.distinct(Interaction.event_id)))) == INTERACTIONS
+        assert (
+            session.scalar(select(func.count(func.distinct(Interaction.event_id)))) == INTERACTIONS
+        )
         assert session.scalar(select(func.count(Feedback.id))) == len(feedback)
         failing = set(session.scalars(select(Interaction.id).where(Interaction.failing.is_(True))))
     assert len(failing) == INTERACTIONS // 10

@@ -31,7 +31,9 @@ def _assert_proposals(sessions, planted: dict[str, str]) -> dict[str, ProposalRo
         rows = session.scalars(select(ProposalRow).where(ProposalRow.app_id == APP_ID)).all()
         modes: dict[str, Counter[str]] = {}
         for cluster_id, meta in session.execute(
-            select(Interaction.cluster_id, Interaction.metadata_).where(Interaction.cluster_id.is_not(None))
+            select(Interaction.cluster_id, Interaction.metadata_).where(
+                Interaction.cluster_id.is_not(None)
+            )
         ):
             modes.setdefault(cluster_id, Counter())[meta["mode"]] += 1
     assert [r.status for r in rows] == ["pending"] * len(rows)
@@ -52,12 +54,16 @@ def _assert_proposals(sessions, planted: dict[str, str]) -> dict[str, ProposalRo
     edit = by_mode["behaviour"].payload
     assert "+Keep answers brief" in edit["artifact"]["diff"]
     assert edit["artifact"]["base_version"] == "v1"
-    assert any(f["kind"] == "comment" for ex in edit["evidence"]["examples"] for f in ex["feedback"])
+    assert any(
+        f["kind"] == "comment" for ex in edit["evidence"]["examples"] for f in ex["feedback"]
+    )
 
     dataset = by_mode["corrections"].payload["artifact"]
     lines = [json.loads(line) for line in dataset["jsonl"].splitlines()]
     assert len(lines) == dataset["rows"] >= 3
-    assert all([m["role"] for m in line["messages"]] == ["system", "user", "assistant"] for line in lines)
+    assert all(
+        [m["role"] for m in line["messages"]] == ["system", "user", "assistant"] for line in lines
+    )
     users = [line["messages"][1]["content"].lower() for line in lines]
     assert len(users) == len(set(users)), "dataset rows are not deduplicated"
     assert all("restocking" in u for u in users)
@@ -67,7 +73,9 @@ def _assert_proposals(sessions, planted: dict[str, str]) -> dict[str, ProposalRo
     return by_mode
 
 
-def test_embedded_default_sqlite_eager(kafka_bootstrap, topics, sqlite_url, make_settings, activate):
+def test_embedded_default_sqlite_eager(
+    kafka_bootstrap, topics, sqlite_url, make_settings, activate
+):
     settings = activate(
         make_settings(kafka_bootstrap_servers=kafka_bootstrap, database_url=sqlite_url, **topics)
     )
@@ -78,8 +86,12 @@ def test_embedded_default_sqlite_eager(kafka_bootstrap, topics, sqlite_url, make
     def ingest_all():
         consumer = IngestConsumer(
             settings,
-            consumer=make_consumer(settings, settings.topic_interactions, settings.topic_feedback,
-                                   group_id=settings.ingest_group_id),
+            consumer=make_consumer(
+                settings,
+                settings.topic_interactions,
+                settings.topic_feedback,
+                group_id=settings.ingest_group_id,
+            ),
             producer=make_producer(settings),
             sessions=runtime.sessions,
             enqueue=celery_enqueue(settings),
@@ -119,7 +131,9 @@ def test_services_postgres_redis_worker_processes(
 ):
     settings = activate(
         make_settings(
-            kafka_bootstrap_servers=kafka_bootstrap, database_url=postgres_url, redis_url=redis_url,
+            kafka_bootstrap_servers=kafka_bootstrap,
+            database_url=postgres_url,
+            redis_url=redis_url,
             **topics,
         )
     )
@@ -138,8 +152,11 @@ def test_services_postgres_redis_worker_processes(
                 failing = session.scalar(select(func.count()).where(Interaction.failing.is_(True)))
                 missing = session.scalar(
                     select(func.count(Interaction.id))
-                    .outerjoin(Embedding, (Embedding.text_hash == Interaction.query_hash)
-                               & (Embedding.model == model))
+                    .outerjoin(
+                        Embedding,
+                        (Embedding.text_hash == Interaction.query_hash)
+                        & (Embedding.model == model),
+                    )
                     .where(Interaction.failing.is_(True), Embedding.text_hash.is_(None))
                 )
                 stored = session.scalar(select(func.count(Interaction.id)))

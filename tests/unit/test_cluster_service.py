@@ -296,9 +296,7 @@ def test_titles_from_a_chat_endpoint_and_never_required(tmp_path, chat_stub) -> 
         titler = ChatTitler(cfg)
         try:
             recluster_app(session, "shop", cfg, MODEL, now=NOW, titler=titler)
-            titles = sorted(
-                (c.title or "") for c in clusters_of(session, "shop").values()
-            )
+            titles = sorted((c.title or "") for c in clusters_of(session, "shop").values())
             # One answered (cleaned to its first line), one failed: no title, no error.
             assert titles == ["", "Refund requests"]
             assert len(stub.requests) == 2

@@ -181,6 +181,7 @@ def test_trends_are_stored_on_clusters(tmp_path) -> None:
     sessions, embedder = make_db(tmp_path), TopicEmbedder()
     cfg = settings(trend_buckets=4, trend_baseline_buckets=2, emerging_new_s=DAY)
     with sessions() as session:
+
         def add(topic: str, count: int, start: int, ago: timedelta) -> list[int]:
             queries = topic_queries(topic, count, start=start)
             return add_interactions(session, "shop", queries, at=NOW - ago, embedder=embedder)

@@ -117,7 +117,7 @@ def test_a_prompt_edit_merged_across_topics_recalls_each_topic(tmp_path) -> None
     a, b = sorted(scenario.planted)
     ids = {label: [i for i, t in scenario.truth.items() if t == label] for label in (a, b)}
     with sessions() as session:
-        for label, cluster_id, members in ((a, "ca", ids[a][:20]), (b, "cb", ids[b][:10]),
+        for _label, cluster_id, members in ((a, "ca", ids[a][:20]), (b, "cb", ids[b][:10]),
                                            (b, "cb2", ids[b][10:20])):  # fmt: skip
             for interaction_id in members:
                 session.add(_interaction(interaction_id, cluster_id))

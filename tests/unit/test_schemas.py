@@ -18,7 +18,9 @@ from schemas.export import EXPORTS, JSON_DIR, render
 def test_json_schema_files_match_models(name):
     path = JSON_DIR / name
     assert path.exists(), f"{path} missing: run `make schemas`"
-    assert path.read_text(encoding="utf-8") == render(EXPORTS[name]), f"{name} is stale: run `make schemas`"
+    assert path.read_text(encoding="utf-8") == render(EXPORTS[name]), (
+        f"{name} is stale: run `make schemas`"
+    )
 
 
 def interaction(**overrides):

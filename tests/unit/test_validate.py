@@ -33,9 +33,16 @@ def good(**overrides) -> dict:
 
 def test_valid_interaction_and_feedback():
     assert isinstance(parse_event(json.dumps(good()).encode(), SETTINGS), InteractionEvent)
-    fb = {"event_id": "f", "app_id": "shop", "interaction_id": "i1",
-          "occurred_at": NOW, "kind": "thumbs_up"}
-    assert isinstance(parse_event(json.dumps(fb).encode(), SETTINGS, expected_type="feedback"), FeedbackEvent)
+    fb = {
+        "event_id": "f",
+        "app_id": "shop",
+        "interaction_id": "i1",
+        "occurred_at": NOW,
+        "kind": "thumbs_up",
+    }
+    assert isinstance(
+        parse_event(json.dumps(fb).encode(), SETTINGS, expected_type="feedback"), FeedbackEvent
+    )
 
 
 def nested(depth: int) -> dict:
