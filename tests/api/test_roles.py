@@ -28,6 +28,16 @@ MATRIX = [
     ("POST", "/v1/proposals/{proposal_id}/approve", "reviewer", {"expected_version": 1}),
     ("POST", "/v1/proposals/{proposal_id}/reject", "reviewer", {"expected_version": 1}),
     ("POST", "/v1/proposals/{proposal_id}/applied", "reviewer", {}),
+    ("POST", "/v1/proposals/{proposal_id}/claim", "reviewer", {}),
+    ("DELETE", "/v1/proposals/{proposal_id}/claim", "reviewer", None),
+    # Names no stored proposal: allowed is 200 with a 404 per id; the refusals audited on real
+    # proposals are in tests/api/test_triage_api.py.
+    (
+        "POST",
+        "/v1/proposals/bulk",
+        "reviewer",
+        {"action": "reject", "proposals": [{"id": "p_matrix", "expected_version": 1}]},
+    ),
     ("GET", "/v1/prompts/{app_id}/{name}", "viewer", None),
     ("PUT", "/v1/prompts/{app_id}/{name}", "admin", {"text": "admin wrote this\n"}),
     ("GET", "/v1/me", "viewer", None),
@@ -48,6 +58,7 @@ def test_matrix_lists_every_v1_route(api_env):
     # The event collector authenticates producers with per-app keys, not reviewers' tokens; its
     # own tests (tests/integration/test_collector.py) cover its 401/403.
     routes.discard(("POST", "/v1/events"))
+    routes.discard(("POST", "/v1/traces"))  # OTLP/HTTP: the collector's keys too
     assert routes == {(m, p) for m, p, _, _ in MATRIX}
 
 
@@ -82,7 +93,7 @@ def test_role_matrix(api_env, client, method, path, least, body):
             assert r.status_code == 401, (caller, r.status_code, r.text)
         elif RANK[caller] < RANK[least]:
             assert r.status_code == 403, (caller, r.status_code, r.text)
-            if "/v1/proposals/" in url:
+            if "/v1/proposals/" in url and not url.endswith("/bulk"):
                 pid = url.split("/")[3]
                 with api_env.sessions() as s:
                     row = s.get(ProposalRow, pid)

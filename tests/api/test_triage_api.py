@@ -156,6 +156,7 @@ def test_claims_assign_take_over_release_and_filter(api_env, client):
         return {i["id"] for i in got.json()["items"]}
 
     assert ids("claim=mine", reviewer) == {mine}
+    assert ids("claim=mine&claimed_by=admin-user", reviewer) == {mine}  # mine wins
     assert ids("claim=mine", admin) == {other}
     assert ids("claim=unclaimed", reviewer) == {free}
     assert ids("claimed_by=admin-user", api_env.auth("viewer")) == {other}

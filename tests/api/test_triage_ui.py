@@ -3,7 +3,7 @@ list, keyboard shortcuts (j/k select, a approves the selected proposal, Enter op
 claims, /docs rendered with no request leaving localhost, and a 390 px phone viewport without
 horizontal overflow. Plain HTTP: the pages work without the script, and bulk refusals per id.
 
-UPDATE_SCREENSHOTS=1 also writes docs/img/review-list.png (the list with a bulk report).
+UPDATE_SCREENSHOTS=1 also writes docs/img/review-triage.png (the list after a bulk approval).
 """
 
 from __future__ import annotations
@@ -97,9 +97,9 @@ def test_bulk_approve_and_keyboard_triage(api_env, live_server, browser, tmp_pat
             s.get(ProposalRow, ids[0]).decision_comment == "Both topics are covered by the new FAQ"
         )
     if os.environ.get("UPDATE_SCREENSHOTS") == "1":
-        path = tmp_path / "review-list.png"
+        path = tmp_path / "review-triage.png"
         page.screenshot(path=str(path), full_page=True)
-        shutil.copyfile(path, DOCS_IMG / "review-list.png")
+        shutil.copyfile(path, DOCS_IMG / "review-triage.png")
 
     # Keyboard on the pending queue: j j k j selects the second row; a approves it alone.
     page.goto(f"{live_server.url}/ui/?status=pending")

@@ -134,6 +134,9 @@ def list_proposals(
     ] = 0,
 ) -> Response:
     """A page of the queue, newest first unless `sort` says otherwise."""
+    # `claim=mine` is the caller's own name; it wins over a `claimed_by` given with it.
+    claims: dict[str, Any] = {"claimed_by": claimed_by} if claimed_by else {}
+    claims |= service.claim_filter(claim, actor=principal.name)
     with sessions() as session:
         items, total, offset = views.list_summaries(
             session,
@@ -145,8 +148,7 @@ def list_proposals(
                 created_after=created_after,
                 created_before=created_before,
                 search=search,
-                **({"claimed_by": claimed_by} if claimed_by else {}),
-                **service.claim_filter(claim, actor=principal.name),
+                **claims,
             ),
             limit=limit,
             offset=offset,
