@@ -111,8 +111,9 @@ class Settings(BaseSettings):
         " dead-lettered. Turn off only for runs on synthetic data.",
     )
     redaction_kinds: list[str] = Field(
-        ["EMAIL", "IBAN", "CARD", "IP", "PHONE"],
-        description="Built-in PII kinds redacted (EMAIL, IBAN, CARD, IP, PHONE), each to <KIND>.",
+        ["SECRET", "EMAIL", "IBAN", "CARD", "SSN", "IP", "PHONE", "ADDRESS", "NAME"],
+        description="Built-in PII kinds redacted (SECRET, EMAIL, IBAN, CARD, SSN, IP, PHONE,"
+        " ADDRESS, NAME), each to <KIND>.",
     )
     redaction_extra_patterns: list[str] = Field(
         [],

@@ -16,9 +16,25 @@ import string
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from refinery.redact.redactor import CARD, EMAIL, IBAN, IP, PHONE, iban_valid, luhn_valid
+from refinery.redact.redactor import (
+    ADDRESS,
+    CARD,
+    EMAIL,
+    IBAN,
+    IP,
+    NAME,
+    PHONE,
+    SECRET,
+    SSN,
+    iban_valid,
+    luhn_valid,
+)
 
-KINDS: tuple[str, ...] = (EMAIL, PHONE, CARD, IBAN, IP)
+# Kinds the redactor finds in a value standing alone (what `generate_value` makes may be planted
+# anywhere), and every kind the corpus plants: a NAME is found only after "my name is" and the
+# like, so its clauses carry that context.
+KINDS: tuple[str, ...] = (EMAIL, PHONE, CARD, IBAN, IP, SSN, SECRET, ADDRESS)
+CORPUS_KINDS: tuple[str, ...] = (*KINDS, NAME)
 
 
 @dataclass(frozen=True)
@@ -241,12 +257,103 @@ def _ip(rng: random.Random) -> str:
     return "::ffff:" + ".".join(map(str, v4))
 
 
+def _ssn_value(rng: random.Random) -> str:
+    area = rng.randrange(1, 900)
+    while area == 666:
+        area = rng.randrange(1, 900)
+    sep = "-" if rng.random() < 0.75 else " "
+    return f"{area:03d}{sep}{rng.randrange(1, 100):02d}{sep}{rng.randrange(1, 10_000):04d}"
+
+
+_B64URL = string.ascii_letters + string.digits + "-_"
+_ALNUM = string.ascii_letters + string.digits
+
+
+def _token(rng: random.Random, n: int, alphabet: str = _ALNUM) -> str:
+    """`n` random characters holding at least one digit and one letter."""
+    body = [rng.choice(alphabet) for _ in range(n - 2)]
+    body += [rng.choice(string.digits), rng.choice(string.ascii_letters)]
+    rng.shuffle(body)
+    return "".join(body)
+
+
+def _secret(rng: random.Random) -> str:
+    upper = string.ascii_uppercase + string.digits
+    makers: tuple[Callable[[], str], ...] = (
+        lambda: f"sk-live-{_token(rng, 24)}",
+        lambda: f"sk_test_{_token(rng, 24)}",
+        lambda: f"sk-proj-{_token(rng, 40, _B64URL)}",
+        lambda: f"sk-{_token(rng, 48)}",
+        lambda: f"ghp_{_token(rng, 36)}",
+        lambda: f"github_pat_{_token(rng, 22)}_{_token(rng, 59)}",
+        lambda: rng.choice(("AKIA", "ASIA")) + "".join(rng.choice(upper) for _ in range(16)),
+        lambda: f"xoxb-{_digits(rng, 12)}-{_digits(rng, 13)}-{_token(rng, 24)}",
+        lambda: (
+            f"eyJ{_token(rng, 30, _B64URL)}.eyJ{_token(rng, 60, _B64URL)}."
+            f"{_token(rng, 43, _B64URL)}"
+        ),
+        lambda: "-----BEGIN {}PRIVATE KEY-----\n{}\n{}\n-----END {}PRIVATE KEY-----".format(
+            kind := rng.choice(("", "RSA ", "EC ", "OPENSSH ")),
+            _token(rng, 64, _ALNUM + "+/"),
+            _token(rng, 40, _ALNUM + "+/") + "==",
+            kind,
+        ),
+    )
+    return rng.choice(makers)()
+
+
+def _bearer(rng: random.Random) -> str:
+    """An opaque access token: a secret only by where it stands ("Bearer ...")."""
+    return _token(rng, rng.randrange(24, 64), _B64URL + ".")
+
+
+_STREETS = ("Baker", "High", "Church", "Station", "Victoria", "Park", "Mill", "Oak", "Maple",
+            "Pennsylvania", "Elm", "Washington", "King Edward", "Martin Luther King",
+            "Rue", "Queen", "Green", "Abbey", "Sunset", "Old Kent")  # fmt: skip
+_SUFFIXES = ("Street", "St", "Road", "Rd", "Avenue", "Ave", "Lane", "Drive", "Boulevard", "Way",
+             "Close", "Court", "Place", "Terrace", "Crescent", "Square")  # fmt: skip
+_OUTWARD = ("SW1A", "EC1A", "W1A", "M1", "B33", "CR2", "DN55", "N1", "LS1", "G2", "EH1", "BS8",
+            "NW1", "SE10", "E14", "CF10", "L3", "OX1")  # fmt: skip
+_INWARD_LETTERS = "ABDEFGHJLNPQRSTUWXYZ"
+
+
+def _address(rng: random.Random) -> str:
+    if rng.random() < 0.25:
+        inward = "".join(rng.choice(_INWARD_LETTERS) for _ in range(2))
+        return f"{rng.choice(_OUTWARD)} {rng.randrange(10)}{inward}"
+    number = str(rng.choice((rng.randrange(1, 100), rng.randrange(1, 10_000))))
+    if rng.random() < 0.1:
+        number += rng.choice("ABC")
+    address = f"{number} {rng.choice(_STREETS)} {rng.choice(_SUFFIXES)}"
+    return address + (rng.choice((" NW", " SE")) if rng.random() < 0.05 else "")
+
+
+_MIDDLE = ("Margaret", "James", "Luis", "Anne", "Marie", "Kofi", "Elena")
+_SPECIAL_NAMES = ("O'Brien", "Jean-Luc", "McDonald", "José", "Ærø", "Müller", "Nguyễn")
+
+
+def _person(rng: random.Random) -> str:
+    first = rng.choice(_FIRST).capitalize()
+    last = rng.choice(_LAST).capitalize()
+    if rng.random() < 0.15:
+        first = rng.choice(_SPECIAL_NAMES[:4])
+    if rng.random() < 0.15:
+        last = rng.choice(("O'Brien", "McDonald", "Müller", "Álvarez"))
+    if rng.random() < 0.2:
+        return f"{first} {rng.choice(_MIDDLE)} {last}"
+    return first if rng.random() < 0.1 else f"{first} {last}"
+
+
 _VALUE_MAKERS: dict[str, Callable[[random.Random], str]] = {
     EMAIL: _email,
     PHONE: _phone,
     CARD: _card,
     IBAN: _iban,
     IP: _ip,
+    SSN: _ssn_value,
+    SECRET: _secret,
+    ADDRESS: _address,
+    NAME: _person,
 }
 
 
@@ -269,7 +376,7 @@ _MONTHS = ("January", "February", "March", "April", "May", "June", "July", "Augu
 
 def _negative(rng: random.Random) -> tuple[str, str]:
     """(clause, the value in it that must survive)."""
-    kind = rng.randrange(6)
+    kind = rng.randrange(9)
     if kind == 0:
         value = _order_number(rng)
         clause = rng.choice(("My order #{} still hasn't shipped.", "Reference: {}.",
@@ -310,9 +417,32 @@ def _negative(rng: random.Random) -> tuple[str, str]:
     elif kind == 4:
         value = f"{rng.randrange(24):02d}:{rng.randrange(60):02d}:{rng.randrange(60):02d}"
         clause = "The error appeared at {} today."
-    else:
+    elif kind == 5:
         value = f"{rng.randrange(1, 40)} items"
         clause = "The cart shows {} but I added fewer."
+    elif kind == 6:  # SSN-shaped but invalid: area 000/666/9xx, group 00 or serial 0000
+        # (area 100-899 otherwise: "0xx-xx-xxxx" is also a national phone number's shape)
+        area, group, serial = (
+            rng.randrange(100, 900),
+            rng.randrange(1, 100),
+            rng.randrange(1, 10_000),
+        )
+        bad = rng.randrange(4)
+        area = (0, 666, rng.randrange(900, 1000), area)[bad]
+        group, serial = (group, 0) if bad == 3 and rng.random() < 0.5 else (group, serial)
+        group = 0 if bad == 3 and serial else group
+        value = f"{area:03d}-{group:02d}-{serial:04d}"
+        clause = rng.choice(("Case {} is still open.", "Ticket number {}."))
+    elif kind == 7:  # tool and product names with hyphens, "key", "token", "bearer"
+        value = rng.choice(("scikit-learn", "sk-learn", "the task-runner-service",
+                            "gh_actions", "AKIA policy", "bearer of the bad news",
+                            "Bearer token expired", "an OAuth token"))  # fmt: skip
+        clause = rng.choice(("The error mentions {}.", "I read about {} in the docs."))
+    else:  # a number and capitalised words, but no street; a name without a telling phrase
+        value = rng.choice(("3 Main Things", "2 Factor Auth", "Windows 11 Pro", "4 Pro Max",
+                            "10 Best Practices", "this is what I was speaking of",
+                            "Anna Smith's team", "Version 2 Drive", "ISO 27001"))  # fmt: skip
+        clause = rng.choice(("The page '{}' is broken.", "Is '{}' supported?"))
     return clause.format(value), value
 
 
@@ -366,6 +496,9 @@ _CLAUSES: dict[str, tuple[str, ...]] = {
         "The payment on {} was declined.",
         "Card: {}",
         "Mi tarjeta es {}.",
+        # after another number: order ids and amounts must not shield the card
+        "Order 12345 {} was declined.",
+        "I paid 20 {} yesterday.",
     ),
     IBAN: (
         "Please refund to IBAN {}.",
@@ -381,6 +514,30 @@ _CLAUSES: dict[str, tuple[str, ...]] = {
         "My IP is {}",
         "Requests from {} get rate limited.",
     ),
+    SSN: (
+        "My SSN is {}.",
+        "The form asks for my social security number ({}) again.",
+        "SSN: {}",
+    ),
+    SECRET: (
+        "I pasted my key {} into the chat by mistake.",
+        "Here is my API key: {}",
+        "Authorization: Bearer {}",
+        "The token {} stopped working.",
+    ),
+    ADDRESS: (
+        "Please ship it to {}.",
+        "My address is {}, flat 2.",
+        "I moved to {} last month.",
+        "Deliver to {} please.",
+    ),
+    NAME: (
+        "My name is {}.",
+        "my name is {} and I am a customer.",
+        "This is {} speaking.",
+        "Signed, {}.",
+        "Kind regards, {}.",
+    ),
 }
 _CLOSINGS = ("", "Can you help?", "What should I do?", "Thanks!", "Please advise.",
              "Is this a known issue?", "This is urgent.")  # fmt: skip
@@ -394,9 +551,11 @@ def _case(rng: random.Random) -> CanaryCase:
     pieces: list[tuple[str, str]] = []
     canaries: list[Canary] = []
     for _ in range(rng.randrange(1, 4)):
-        kind = rng.choice(KINDS)
+        kind = rng.choice(CORPUS_KINDS)
         value = generate_value(kind, rng)
         clause = rng.choice(_CLAUSES[kind])
+        if "Bearer" in clause:
+            value = _bearer(rng)
         pieces.append((clause.format(value), clause.format(f"<{kind}>")))
         canaries.append(Canary(kind, value))
     negatives: list[str] = []

@@ -1,5 +1,11 @@
-"""PII redaction of free text: emails, phone numbers, payment cards, IBANs, IP addresses and
-configured extra patterns, each replaced by a typed placeholder such as ``<EMAIL>``.
+"""PII redaction of free text: emails, phone numbers, payment cards, IBANs, IP addresses, US
+social security numbers, secrets (API keys, access tokens, private keys), person names after a
+telling phrase ("my name is ...", "signed, ...", "this is ... speaking"), street addresses and UK
+postcodes, and configured extra patterns, each replaced by a typed placeholder such as
+``<EMAIL>``.
+
+Names are found by context only: a name with no such phrase around it is not redacted (a
+dictionary of names would flag half of all product names too).
 
 Owns the detection rules (regexes plus checksums) and nothing else: it never logs, stores or
 counts the text it sees, and it is pure (no I/O, no settings read at import), so every stage
@@ -29,9 +35,11 @@ if TYPE_CHECKING:
     from refinery.settings import Settings
 
 EMAIL, IBAN, CARD, IP, PHONE = "EMAIL", "IBAN", "CARD", "IP", "PHONE"
+SSN, SECRET, ADDRESS, NAME = "SSN", "SECRET", "ADDRESS", "NAME"
 # Order of the passes. Validated kinds go first so a looser pass (PHONE) never claims part of
-# a card or an IBAN; EMAIL first because an address can hold digits that look like anything.
-BUILTIN_KINDS: tuple[str, ...] = (EMAIL, IBAN, CARD, IP, PHONE)
+# a card or an IBAN; EMAIL first because an address can hold digits that look like anything,
+# SECRET before it because a key can hold anything else.
+BUILTIN_KINDS: tuple[str, ...] = (SECRET, EMAIL, IBAN, CARD, SSN, IP, PHONE, ADDRESS, NAME)
 
 # Most built-in regexes open with a look-ahead on their first character: it lets `re` skip
 # positions that cannot start a match, several times faster than opening with a look-behind.
@@ -47,7 +55,7 @@ _DIGITS_RE = re.compile(r"[0-9]+")
 _ANY_DIGIT_RE = re.compile(r"[0-9]")
 
 # Kinds whose values end in digits, as far as the "inside a run of digit groups" guards go.
-_DIGITISH = (IBAN, CARD, IP, PHONE)
+_DIGITISH = (IBAN, CARD, SSN, IP, PHONE)
 
 
 def _not_in_group_run(digits: int, seps: str) -> str:
@@ -67,6 +75,9 @@ _Validator = Callable[[re.Match[str]], int | None]
 
 @dataclass(frozen=True)
 class _Rule:
+    """A regex and its validator. A regex with a group named `pii` redacts that group only (the
+    rest is context, such as "my name is")."""
+
     regex: re.Pattern[str]
     validate: _Validator | None = None
 
@@ -152,12 +163,15 @@ def _iban_end(m: re.Match[str]) -> int | None:
 
 # --- CARD ---------------------------------------------------------------------------------
 # 13-19 digits, contiguous or in groups (4-4-4-4, 4-6-5, 4-6-4, 4-4-4-4-3) with one kind of
-# separator. Not after '+' (that is a phone number), and a grouped one not after "12 " (it
-# would be the tail of a longer digit sequence). The grouped form may run on into a CVV; the
-# validator keeps the longest Luhn-valid prefix of 13-19 digits.
+# separator. Not after '+' (that is a phone number), and a grouped one not right after a group
+# of exactly four digits ("1234 "): it would be the tail of a longer sequence of 4-digit groups.
+# After any other number ("order 12345 4111 1111 1111 1111", "paid 20 4111-...") it is a card.
+# The grouped form may run on into a CVV; the validator keeps the longest Luhn-valid prefix of
+# 13-19 digits.
 _CARD_RE = re.compile(
     r"(?=[0-9])(?<![0-9+])(?:"
-    + _not_in_group_run(2, " -")
+    r"(?<!(?<![0-9])[0-9]{4}[ -])"
+    + "".join(rf"(?<!<{kind}>[ -])" for kind in _DIGITISH)
     + r"[0-9]{4}(?P<sep>[ -])[0-9]{3,6}(?![0-9])(?:(?P=sep)[0-9]{1,6}(?![0-9])){0,4}+"
     r"|[0-9]{13,19}(?![0-9]))"
 )
@@ -179,6 +193,97 @@ def _card_end(m: re.Match[str]) -> int | None:
         if luhn_valid(digits[:count]):
             return m.start() + offset
     return None
+
+
+# --- SSN ----------------------------------------------------------------------------------
+# US social security number, written with separators ("123-45-6789", "123 45 6789"): nine bare
+# digits are too often something else. Area not 000, 666 or 9xx; group not 00; serial not 0000.
+_SSN_RE = re.compile(
+    r"(?=[0-9])(?<![0-9+.,/:])"
+    + _not_in_group_run(2, " -")
+    + r"(?!000|666|9)[0-9]{3}(?P<ssep>[ -])(?!00)[0-9]{2}(?P=ssep)(?!0000)[0-9]{4}"
+    r"(?![0-9]|[ -][0-9]|[.,/:][0-9])"
+)
+
+# --- SECRET -------------------------------------------------------------------------------
+# Credentials with a recognisable shape: API keys ("sk-live-...", "sk-...", "sk_test_...",
+# "rk_live_..."), GitHub tokens ("ghp_...", "github_pat_..."), AWS access key ids ("AKIA...",
+# "ASIA..."), Slack tokens, JSON web tokens, the token of "Bearer ..." and PEM private keys.
+_SECRET_KEY_RE = re.compile(
+    r"(?=[sprgAxe])(?<![0-9A-Za-z_-])(?:"
+    r"(?:sk|pk|rk)[-_](?:(?:live|test|proj|prod|ant|or)[-_])?[A-Za-z0-9_-]{20,200}+"
+    r"|gh[pousr]_[A-Za-z0-9]{30,255}+"
+    r"|github_pat_[A-Za-z0-9_]{22,255}+"
+    r"|(?:AKIA|ASIA)[A-Z0-9]{16}"
+    r"|xox[abpr]-[A-Za-z0-9-]{10,200}+"
+    r"|eyJ[A-Za-z0-9_-]{8,2000}+\.eyJ[A-Za-z0-9_-]{8,4000}+\.[A-Za-z0-9_-]{8,2000}+"
+    r")(?![0-9A-Za-z_-])"
+)
+_BEARER_RE = re.compile(
+    r"(?<![A-Za-z])(?:[Bb]earer|BEARER)[ \t]{1,3}+(?P<pii>[A-Za-z0-9._~+/-]{16,4000}+=*)"
+    r"(?![A-Za-z0-9._~+/=-])"
+)
+# The header, the base64 body (stops at anything else) and the footer when it is there: the
+# body's character class excludes '-', so a header is never re-scanned and this stays linear.
+_PEM_RE = re.compile(
+    r"-----BEGIN (?:[A-Z0-9]{1,20} ){0,3}PRIVATE KEY-----[A-Za-z0-9+/=\s]{0,100000}+"
+    r"(?:-----END (?:[A-Z0-9]{1,20} ){0,3}PRIVATE KEY-----)?"
+)
+_SECRET_HINT_RE = re.compile(
+    r"sk[-_]|pk[-_]|rk[-_]|gh[pousr]_|github_pat_|AKIA|ASIA|xox|eyJ"
+    r"|[Bb]earer|BEARER|PRIVATE KEY"
+)
+
+
+def _secret_end(m: re.Match[str]) -> int | None:
+    """A key-shaped token must hold a digit and a letter (not "sk-this-is-a-long-word-list");
+    an AWS key id's fixed shape is enough on its own."""
+    s = m.group()
+    if s.startswith(("AKIA", "ASIA")):
+        return m.end()
+    has_digit = any(c.isdigit() for c in s)
+    has_letter = any(c.isalpha() for c in s[3:])
+    return m.end() if has_digit and has_letter else None
+
+
+# --- ADDRESS ------------------------------------------------------------------------------
+# A house number, one to four capitalised words and a street suffix ("221B Baker Street",
+# "1600 Pennsylvania Avenue NW", "12 High St"); a UK postcode with its space ("SW1A 1AA").
+_STREET_SUFFIXES = (
+    "Street|St|Road|Rd|Avenue|Ave|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Place|Pl|Way|"
+    "Terrace|Close|Crescent|Square|Sq|Parkway|Pkwy|Highway|Hwy|Gardens|Grove|Row|Walk|Mews"
+)
+_ADDRESS_RE = re.compile(
+    r"(?=[1-9])(?<![0-9A-Za-z.,/:+-])"
+    + _not_in_group_run(2, " ")
+    + r"[1-9][0-9]{0,4}[A-Za-z]?(?:-[1-9][0-9]{0,4})?,?[ \t]{1,2}"
+    r"(?:[A-Z][a-z'’]{1,30}+[ \t]{1,2}){1,4}"
+    rf"(?:{_STREET_SUFFIXES}|street|road|avenue|lane|drive)"
+    r"(?:[ \t](?:NW|NE|SW|SE))?(?![A-Za-z0-9])"
+)
+_POSTCODE_RE = re.compile(
+    r"(?=[A-Z])(?<![0-9A-Za-z])[A-Z]{1,2}[0-9][A-Z0-9]?\ [0-9][ABD-HJLNP-UW-Z]{2}(?![0-9A-Za-z])"
+)
+
+# --- NAME ---------------------------------------------------------------------------------
+# One to four capitalised words after "my name is", "signed,", "regards,", "sincerely,", or
+# between "this is" and "speaking". A word: "Jane", "O'Brien", "Jean-Luc", "McDonald", "José".
+_UPPER = "A-ZÀ-ÖØ-Þ"
+_LOWER = "a-zß-öø-ÿ"
+_NAME_WORD = (
+    rf"[{_UPPER}](?:[{_LOWER}]|[{_UPPER}](?=[{_LOWER}])|['’-](?=[{_UPPER}{_LOWER}])){{1,30}}+"
+)
+_NAME_WORDS = rf"(?P<pii>{_NAME_WORD}(?:[ \t]{_NAME_WORD}){{0,3}}+)"
+_NAME_AFTER_RE = re.compile(
+    r"(?=[MmSsKkBbRr])(?<![A-Za-z])(?:[Mm]y [Nn]ame [Ii]s|MY NAME IS|[Ss]igned,?"
+    r"|(?:[Kk]ind |[Bb]est )?[Rr]egards,|[Ss]incerely,|[Ss]incerely yours,)[ \t\r\n]{1,3}+"
+    + _NAME_WORDS
+    + r"(?![A-Za-z0-9])"
+)
+_NAME_SPEAKING_RE = re.compile(
+    r"(?=[Tt])(?<![A-Za-z])[Tt]his [Ii]s[ \t]{1,2}+" + _NAME_WORDS + r"(?=,?[ \t]{1,2}speaking\b)"
+)
+_NAME_HINT_RE = re.compile(r"[Nn]ame [Ii]s|NAME IS|igned|egards|incerely|speaking")
 
 
 # --- IP -----------------------------------------------------------------------------------
@@ -266,9 +371,15 @@ def _has_digit(text: str) -> bool:
 
 
 _BUILTIN_DETECTORS: Mapping[str, _Detector] = {
+    SECRET: _Detector(
+        SECRET,
+        (_Rule(_SECRET_KEY_RE, _secret_end), _Rule(_BEARER_RE), _Rule(_PEM_RE)),
+        lambda t: _SECRET_HINT_RE.search(t) is not None,
+    ),
     EMAIL: _Detector(EMAIL, (_Rule(_EMAIL_RE),), lambda t: "@" in t),
     IBAN: _Detector(IBAN, (_Rule(_IBAN_RE, _iban_end),), _has_digit),
     CARD: _Detector(CARD, (_Rule(_CARD_RE, _card_end),), _has_digit),
+    SSN: _Detector(SSN, (_Rule(_SSN_RE),), _has_digit),
     IP: _Detector(
         IP, (_Rule(_IPV4_RE), _Rule(_IPV6_RE, _ipv6_end)), lambda t: "." in t or ":" in t
     ),
@@ -280,6 +391,12 @@ _BUILTIN_DETECTORS: Mapping[str, _Detector] = {
             _Rule(_PHONE_TRUNK_RE, _trunk_end),
         ),
         _has_digit,
+    ),
+    ADDRESS: _Detector(ADDRESS, (_Rule(_ADDRESS_RE), _Rule(_POSTCODE_RE)), _has_digit),
+    NAME: _Detector(
+        NAME,
+        (_Rule(_NAME_AFTER_RE), _Rule(_NAME_SPEAKING_RE)),
+        lambda t: _NAME_HINT_RE.search(t) is not None,
     ),
 }
 
@@ -314,13 +431,18 @@ def _spans(
     found: list[tuple[int, int]] = []
     for rule in detector.rules:
         search, validate = rule.regex.search, rule.validate
+        part = "pii" in rule.regex.groupindex
         pos, size = 0, len(text)
         while pos <= size:
             m = search(text, pos)
             if m is None:
                 break
-            start = m.start()
-            end = m.end() if validate is None else validate(m)
+            end: int | None
+            if part:  # only the named part is PII; the rest is context
+                start, end = m.span("pii")
+            else:
+                start = m.start()
+                end = m.end() if validate is None else validate(m)
             if (
                 end is None
                 or end <= start
@@ -355,7 +477,8 @@ def _overlaps(protected: list[tuple[int, int]], start: int, end: int) -> bool:
 
 class Redactor:
     """Replaces PII in text with typed placeholders (``<EMAIL>``, ``<PHONE>``, ``<CARD>``,
-    ``<IBAN>``, ``<IP>``, ``<NAME>`` for an extra pattern NAME).
+    ``<IBAN>``, ``<IP>``, ``<SSN>``, ``<SECRET>``, ``<ADDRESS>``, ``<NAME>``; ``<X>`` for an
+    extra pattern X).
 
     Build once per process (regexes are compiled at construction) and share: it holds no
     mutable state, so it is safe across threads.

@@ -13,7 +13,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from refinery.redact import BUILTIN_KINDS, Redactor, redact_json_strings
-from refinery.redact.canary import KINDS, generate_canary_corpus, generate_value
+from refinery.redact.canary import (
+    CORPUS_KINDS,
+    KINDS,
+    generate_canary_corpus,
+    generate_value,
+)
 from refinery.redact.redactor import iban_valid, luhn_valid
 from refinery.settings import Settings
 
@@ -102,6 +107,36 @@ POSITIVES = {
         "::1",
         "::ffff:192.0.2.128",
     ],
+    "SSN": ["123-45-6789", "078-05-1120", "899 12 0001", "665-99-9999"],
+    "SECRET": [
+        "sk-live-4eC39HqLyjWDarjtT1zdp7dc",
+        "sk_test_51HbQ2eLkdIwHu7ix0abcdEFGH",
+        "sk-proj-Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z",
+        "sk-4eC39HqLyjWDarjtT1zdp7dcAbCdEfGhIjKlMnOpQrStUvWx",
+        "ghp_16C7e42F292c6912E7710c838347Ae178B4a",
+        "github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyzABCDEF",
+        "AKIAIOSFODNN7EXAMPLE",
+        "ASIAY34FZKBOKMUTVV7A",
+        "xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx",
+        "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+        "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n"
+        "BKcwggSjAgEAAoIBAQC7VJTUt9Us8cKj\n-----END PRIVATE KEY-----",
+        "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUA==\n"
+        "-----END OPENSSH PRIVATE KEY-----",
+    ],
+    "ADDRESS": [
+        "221B Baker Street",
+        "1600 Pennsylvania Avenue NW",
+        "12 High St",
+        "4 Privet Drive",
+        "350 Fifth Avenue",
+        "10 Downing Street",
+        "1 Martin Luther King Jr Blvd",
+        "SW1A 1AA",
+        "EC1A 1BB",
+        "M1 1AE",
+        "B33 8TH",
+    ],
 }
 CONTEXTS = ["{}", "value: {}", "see {}.", "({})", '"{}"', "a {}, b", "{}\n", "x\t{}?"]
 
@@ -124,6 +159,49 @@ def test_several_kinds_in_one_text() -> None:
     out, counts = REDACTOR.redact_with_counts(text)
     assert out == "Mail <EMAIL>, call <PHONE>, card <CARD>, IBAN <IBAN>, from <IP> and <IP>."
     assert counts == {"EMAIL": 1, "PHONE": 1, "CARD": 1, "IBAN": 1, "IP": 2}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("order 12345 4111 1111 1111 1111", "order 12345 <CARD>"),
+        ("paid 20 4111-1111-1111-1111", "paid 20 <CARD>"),
+        ("ref 7 4111 1111 1111 1111 thanks", "ref 7 <CARD> thanks"),
+        ("order 98765-4111-1111-1111-1111", "order 98765-<CARD>"),
+        ("#123 3782 822463 10005", "#123 <CARD>"),
+        # After a group of exactly four digits it may be the tail of a longer number: kept.
+        ("1234 5678 9012 3456 7890", "1234 5678 9012 3456 7890"),
+    ],
+)
+def test_a_card_after_another_number_is_redacted(text: str, expected: str) -> None:
+    assert redact(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Hi, my name is Jane Margaret Doe and my order is late.",
+         "Hi, my name is <NAME> and my order is late."),
+        ("My name is José Álvarez.", "My name is <NAME>."),
+        ("Signed, John O'Brien", "Signed, <NAME>"),
+        ("signed\nMary-Kate McDonald", "signed\n<NAME>"),
+        ("Kind regards, Priya Raman", "Kind regards, <NAME>"),
+        ("Sincerely,\nLukas Weber", "Sincerely,\n<NAME>"),
+        ("Hello, this is Jean-Luc Picard speaking.", "Hello, this is <NAME> speaking."),
+        ("This is Omar, speaking for the team", "This is <NAME>, speaking for the team"),
+    ],
+)  # fmt: skip
+def test_names_after_a_telling_phrase(text: str, expected: str) -> None:
+    assert REDACTOR.redact_with_counts(text) == (expected, {"NAME": 1})
+
+
+def test_secret_keeps_its_label() -> None:
+    assert redact("Authorization: Bearer abcDEF0123456789ghiJKL.mno") == (
+        "Authorization: Bearer <SECRET>"
+    )
+    assert redact("my key is sk-live-4eC39HqLyjWDarjtT1zdp7dc, rotate it") == (
+        "my key is <SECRET>, rotate it"
+    )
 
 
 def test_card_followed_by_a_cvv_group_is_cut_at_the_card() -> None:
@@ -176,6 +254,38 @@ NEGATIVES = [
     "room 101",
     "ISO 9001",
     "SKU 12345678",
+    # SSN lookalikes: invalid area, group or serial; dates; longer digit runs
+    "666-12-3456",
+    "000-12-3456",
+    "912-34-5678",
+    "123-00-4567",
+    "123-45-0000",
+    "2024-03-15",
+    "123-45-67890",
+    "12 123-45-6789",
+    "call 555-12-3456-7",
+    # secret lookalikes
+    "sk-learn and scikit-learn",
+    "task-runner-with-a-very-long-hyphenated-name",
+    "ghp_short",
+    "AKIA is not a key",
+    "the bearer of bad news",
+    "Bearer token expired",
+    "BEGIN PRIVATE KEY",
+    # name lookalikes: no telling phrase, or no capitalised word after it
+    "Jane Doe ordered twice",
+    "my name is not shown on the invoice",
+    "This is Monday's invoice",
+    "this is what I was speaking about",
+    "signed, sealed, delivered",
+    # address lookalikes
+    "The 3 Main Things",
+    "2 Factor Auth",
+    "version 2 Drive",
+    "3 Way Switch",
+    "ISO 9001",
+    "A4 paper",
+    "Windows 11 Pro",
 ]
 
 
@@ -185,7 +295,7 @@ def test_lookalikes_are_kept(text: str) -> None:
 
 
 def test_placeholders_in_the_input_are_left_intact() -> None:
-    text = "<EMAIL> <PHONE> <CARD> <IBAN> <IP> <SOMETHING> <EMAIL><IP>"
+    text = "<EMAIL> <PHONE> <CARD> <IBAN> <IP> <SSN> <SECRET> <ADDRESS> <NAME> <EMAIL><IP>"
     assert redact(text) == text
 
 
@@ -221,7 +331,7 @@ def test_malformed_extra_patterns_are_refused(spec: str) -> None:
 
 def test_unknown_kind_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown redaction kinds"):
-        Redactor(kinds=["EMAIL", "SSN"])
+        Redactor(kinds=["EMAIL", "PASSPORT"])
 
 
 def test_kinds_subset_and_disabled() -> None:
@@ -330,7 +440,7 @@ def test_canary_recall_per_kind_and_no_false_positives() -> None:
             removed[canary.kind] += canary.value not in out
         total_negatives += len(case.negatives)
         kept_negatives += sum(negative in out for negative in case.negatives)
-    assert set(planted) == set(KINDS) and min(planted.values()) >= 300
+    assert set(planted) == set(CORPUS_KINDS) and min(planted.values()) >= 300
     recall = {kind: removed[kind] / planted[kind] for kind in planted}
     assert all(r >= 0.99 for r in recall.values()), recall
     assert total_negatives >= 300 and kept_negatives == total_negatives
@@ -352,7 +462,8 @@ def test_canary_corpus_is_deterministic_and_varied() -> None:
 
 HUGE = (
     "unicode", "pii_alphabet", "canary_prose", "digits", "digit_groups", "iban_groups", "dotted",
-    "colons", "at_signs",
+    "colons", "at_signs", "name_phrases", "capital_words", "key_prefixes", "pem_headers",
+    "street_words", "ssn_groups",
 )  # fmt: skip
 
 
@@ -371,6 +482,12 @@ def _huge_inputs() -> dict[str, str]:
         "dotted": "1." * (n // 2),
         "colons": "a:" * (n // 2),
         "at_signs": "a@" * (n // 2),
+        "name_phrases": "my name is Ab " * (n // 14),
+        "capital_words": "This is " + "Abc " * (n // 4),
+        "key_prefixes": "sk-" * (n // 3),
+        "pem_headers": "-----BEGIN PRIVATE KEY-----" * (n // 27),
+        "street_words": "1 " + "Abc " * (n // 4),
+        "ssn_groups": "123-45-" * (n // 7),
     }
 
 
