@@ -490,6 +490,11 @@ class Settings(BaseSettings):
         description="Seconds `refinery api` trusts a token it checked before asking the database"
         " again; a token revoked by another process works here up to this long. 0 disables.",
     )
+    ui_session_ttl_s: float = Field(
+        12 * 3600.0,
+        description="How long a web UI log-in lasts (a server-side session; log-out, or revoking"
+        " its token, ends it sooner).",
+    )
     api_worker_threads: int = Field(
         12,
         description="Threads of `refinery api` running database work at once (per process). Keep it"

@@ -9,6 +9,11 @@ Roles are ordered: viewer < reviewer < admin; each may do what the ones below it
 - reviewer: edit, approve, reject proposals and mark approved ones applied.
 - admin:    manage tokens and write the prompt registry.
 
+Web UI sessions: logging in with a token opens a session whose random id (`rfs_` + 32 bytes)
+is the cookie; only its sha256 is stored (`ui_sessions`). The token itself never goes into the
+browser, so a stolen cookie is worth one session: it ends at its expiry (UI_SESSION_TTL_S), on
+log-out, or when its token is revoked, and it is no bearer token for /v1.
+
 Free of FastAPI, so that the CLI (`refinery tokens create`) uses it too.
 """
 
@@ -21,14 +26,16 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, timedelta
 from enum import StrEnum
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from refinery.store.models import ApiToken, utcnow
+from refinery.store.models import ApiToken, UiSession, utcnow
 
 TOKEN_PREFIX = "rfy_"
+SESSION_PREFIX = "rfs_"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 _.@:-]{0,63}$"
 
 
@@ -127,8 +134,58 @@ def list_tokens(session: Session) -> list[ApiToken]:
 
 
 def revoke_token(session: Session, token_id: str) -> ApiToken | None:
-    """Revoke (idempotently); None when no such token exists."""
+    """Revoke (idempotently), with every web UI session opened with it; None when no such
+    token exists."""
     row = session.get(ApiToken, token_id)
     if row is not None and row.revoked_at is None:
         row.revoked_at = utcnow()
+        for ui_session in session.scalars(
+            select(UiSession).where(UiSession.token_id == token_id, UiSession.revoked_at.is_(None))
+        ):
+            ui_session.revoked_at = row.revoked_at
     return row
+
+
+def open_ui_session(session: Session, principal: Principal, *, ttl_s: float) -> str:
+    """Store a new web UI session for `principal`'s token; returns its id (the cookie value),
+    which exists nowhere else."""
+    secret = SESSION_PREFIX + secrets.token_urlsafe(32)
+    now = utcnow()
+    session.add(
+        UiSession(
+            id_hash=hash_token(secret),
+            token_id=principal.token_id,
+            created_at=now,
+            expires_at=now + timedelta(seconds=ttl_s),
+        )
+    )
+    session.flush()
+    return secret
+
+
+def ui_session_principal(session: Session, secret: str) -> Principal | None:
+    """The principal of a live web UI session: not expired, not logged out, its token not
+    revoked. None otherwise (an API token in the cookie included)."""
+    if not secret.startswith(SESSION_PREFIX) or len(secret) > 200:
+        return None
+    found = session.execute(
+        select(UiSession, ApiToken)
+        .join(ApiToken, ApiToken.id == UiSession.token_id)
+        .where(UiSession.id_hash == hash_token(secret))
+    ).first()
+    if found is None:
+        return None
+    ui_session, token = found
+    expires_at = ui_session.expires_at
+    if expires_at.tzinfo is None:  # SQLite hands back naive datetimes (stored as UTC)
+        expires_at = expires_at.replace(tzinfo=UTC)
+    if ui_session.revoked_at is not None or token.revoked_at is not None or expires_at <= utcnow():
+        return None
+    return Principal(token_id=token.id, name=token.name, role=Role(token.role))
+
+
+def close_ui_session(session: Session, secret: str) -> None:
+    """End a web UI session (log-out), idempotently."""
+    row = session.get(UiSession, hash_token(secret))
+    if row is not None and row.revoked_at is None:
+        row.revoked_at = utcnow()

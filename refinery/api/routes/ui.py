@@ -1,12 +1,16 @@
 """/ui/: the web UI. Server-rendered HTML (Jinja2, autoescape on), one stylesheet, and one small
 script of keyboard shortcuts (static/review.js) that every page works without.
 
-Log-in: the reviewer pastes an API token; it is kept in an HttpOnly, SameSite=Strict cookie (Secure
-over HTTPS) and checked on every request, so revoking the token logs the browser out. Every form
-that changes something carries a CSRF value derived from that token, which another site cannot
-compute. User text (queries, responses, feedback, comments) is escaped by the autoescaping
-templates, and the Content-Security-Policy allows only that one script file (no inline script), so
-an injected tag stays inert text.
+Log-in: the reviewer pastes an API token; it opens a server-side session (refinery.api.tokens)
+whose random id is kept in an HttpOnly, SameSite=Strict cookie, Secure when the request came over
+HTTPS (behind a proxy: `refinery api` runs uvicorn with proxy_headers, which trusts
+X-Forwarded-Proto from the addresses in FORWARDED_ALLOW_IPS, 127.0.0.1 by default). The session
+is checked on every request and ends at UI_SESSION_TTL_S, on log-out, or when its token is
+revoked; the token itself never reaches the browser. Every form that changes something carries
+a CSRF value derived from the session id, which another site cannot compute. User text
+(queries, responses, feedback, comments) is escaped by the autoescaping templates, and the
+Content-Security-Policy allows only that one script file (no inline script), so an injected tag
+stays inert text.
 """
 
 from __future__ import annotations
@@ -33,7 +37,14 @@ from refinery.api import views
 from refinery.api.deps import PROPOSAL_ID_PATTERN, ProposalId, SessionsDep, SettingsDep
 from refinery.api.middleware import STRICT_CSP
 from refinery.api.models import ProposalDetail
-from refinery.api.tokens import Principal, Role, authenticate
+from refinery.api.tokens import (
+    Principal,
+    Role,
+    authenticate,
+    close_ui_session,
+    open_ui_session,
+    ui_session_principal,
+)
 from refinery.review import actions, service
 from refinery.review.figures import fold
 from refinery.review.service import (
@@ -49,8 +60,7 @@ from schemas.proposals import ProposalKind, ProposalStatus
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
-COOKIE = "refinery_token"
-COOKIE_MAX_AGE_S = 12 * 3600  # a working day; the token itself lives until revoked
+COOKIE = "refinery_token"  # the name of old; it holds a session id (rfs_...), not a token
 PAGE_SIZE = 50
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
@@ -107,14 +117,14 @@ def _csrf_for(token: str) -> str:
 
 
 def ui_user(request: Request, sessions: SessionsDep) -> UiUser:
-    token = request.cookies.get(COOKIE)
-    if not token:
+    session_id = request.cookies.get(COOKIE)
+    if not session_id:
         raise LoginRequired
     with sessions() as session:
-        principal = authenticate(session, token)
+        principal = ui_session_principal(session, session_id)
     if principal is None:
         raise LoginRequired
-    return UiUser(principal, _csrf_for(token))
+    return UiUser(principal, _csrf_for(session_id))
 
 
 UiUserDep = Annotated[UiUser, Depends(ui_user)]
@@ -195,24 +205,28 @@ def login_page() -> HTMLResponse:
 
 
 @router.post("/login")
-async def login(request: Request, sessions: SessionsDep) -> Response:
+async def login(request: Request, sessions: SessionsDep, settings: SettingsDep) -> Response:
     if _cross_site(request):
         return render(
             "error.html", 403, title="Forbidden", message="Cross-site log-in refused.", user=None
         )
     token = (await _form(request)).get("token", "").strip()
 
-    def check() -> Principal | None:
-        with sessions() as session:
-            return authenticate(session, token) if token else None
+    def check() -> str | None:
+        with sessions.begin() as session:
+            principal = authenticate(session, token) if token else None
+            if principal is None:
+                return None
+            return open_ui_session(session, principal, ttl_s=settings.ui_session_ttl_s)
 
-    if await run_in_threadpool(check) is None:
+    session_id = await run_in_threadpool(check)
+    if session_id is None:
         return render("login.html", 401, user=None, error="Unknown or revoked token.")
     response = RedirectResponse("/ui/", status_code=303)
     response.set_cookie(
         COOKIE,
-        token,
-        max_age=COOKIE_MAX_AGE_S,
+        session_id,
+        max_age=int(settings.ui_session_ttl_s),
         path="/",
         httponly=True,
         samesite="strict",
@@ -222,12 +236,19 @@ async def login(request: Request, sessions: SessionsDep) -> Response:
 
 
 @router.post("/logout")
-async def logout(request: Request, user: UiUserDep) -> Response:
+async def logout(request: Request, user: UiUserDep, sessions: SessionsDep) -> Response:
     csrf = (await _form(request)).get("csrf", "")
     if _cross_site(request) or not hmac.compare_digest(csrf, user.csrf):
         return render(
             "error.html", 403, title="Forbidden", message="Stale form; reload the page.", user=user
         )
+    session_id = request.cookies.get(COOKIE, "")
+
+    def close() -> None:
+        with sessions.begin() as session:
+            close_ui_session(session, session_id)
+
+    await run_in_threadpool(close)
     response = RedirectResponse("/ui/login", status_code=303)
     response.delete_cookie(COOKIE, path="/")
     return response
