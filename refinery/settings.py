@@ -490,6 +490,20 @@ class Settings(BaseSettings):
         description="Seconds `refinery api` trusts a token it checked before asking the database"
         " again; a token revoked by another process works here up to this long. 0 disables.",
     )
+    auth_failure_limit: int = Field(
+        10,
+        description="Failed credentials (UI log-ins, bearer tokens, collector keys, each counted"
+        " apart) one client IP may send per AUTH_FAILURE_WINDOW_S; past it: 429 with Retry-After."
+        " Per process (refinery.api.ratelimit). 0 disables.",
+    )
+    auth_failure_window_s: float = Field(
+        60.0, description="The sliding window of AUTH_FAILURE_LIMIT, in seconds."
+    )
+    collector_min_key_chars: int = Field(
+        24,
+        description="Shortest collector key (COLLECTOR_KEYS) `refinery api` starts with; a key"
+        " also needs 10 distinct characters. Shorter or plainer: it refuses to start.",
+    )
     ui_session_ttl_s: float = Field(
         12 * 3600.0,
         description="How long a web UI log-in lasts (a server-side session; log-out, or revoking"

@@ -1,7 +1,8 @@
 """FastAPI dependencies as `Annotated` aliases: settings, database sessions, the caller, its role.
 
 Authentication is a bearer token (`Authorization: Bearer rfy_...`): none or unknown -> 401, a role
-too low -> 403. The web UI authenticates with the same tokens, kept in a cookie, in routes/ui.py.
+too low -> 403, too many unknown ones from one address -> 429 (refinery.api.ratelimit). The web
+UI logs in with the same tokens and keeps a server-side session in a cookie (routes/ui.py).
 
 Dependencies that do no I/O are `async def`: FastAPI runs a plain `def` one in the thread pool, a
 hop (and, under load, a wait for a thread) per dependency per request.
@@ -22,6 +23,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
+from refinery.api.ratelimit import BEARER, client_of, limiter_for
 from refinery.api.tokens import Principal, PrincipalCache, Role, authenticate, hash_token
 from refinery.review.actions import audit_forbidden
 from refinery.settings import Settings
@@ -52,7 +54,17 @@ _bearer = HTTPBearer(
 )
 
 
+def too_many_failures(retry_after: int, what: str) -> HTTPException:
+    return HTTPException(
+        status.HTTP_429_TOO_MANY_REQUESTS,
+        f"too many failed {what} from this address; retry after {retry_after} s",
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
 async def get_principal(
+    request: Request,
+    settings: SettingsDep,
     sessions: SessionsDep,
     cache: PrincipalCacheDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -63,6 +75,10 @@ async def get_principal(
             "a bearer token is needed",
             headers={"WWW-Authenticate": "Bearer"},
         )
+    limiter, client = limiter_for(request.app, settings), client_of(request)
+    retry_after = limiter.retry_after(BEARER, client)
+    if retry_after is not None:
+        raise too_many_failures(retry_after, "tokens")
     key = hash_token(credentials.credentials)
     principal = cache.get(key)
     if principal is None:
@@ -75,6 +91,7 @@ async def get_principal(
         if principal is not None:
             cache.put(key, principal)
     if principal is None:
+        limiter.failed(BEARER, client)
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             "unknown or revoked token",

@@ -2,7 +2,9 @@
 
 - Authentication: header `X-Refinery-Key`, the app's ingest key from COLLECTOR_KEYS (app_id ->
   key). A key may send events of its own app only (403 otherwise). No key, an unknown key, or a
-  collector with no keys configured: 401.
+  collector with no keys configured: 401. Too many unknown keys from one address: 429 with
+  Retry-After (refinery.api.ratelimit). A key shorter than COLLECTOR_MIN_KEY_CHARS or with
+  fewer than 10 distinct characters: the app refuses to start (WeakCollectorKey).
 - Size: a body over COLLECTOR_MAX_BODY_BYTES or a batch over COLLECTOR_MAX_BATCH_EVENTS: 413.
 - Validation: each event goes through refinery.ingest.validate, exactly as ingest would see it.
   A body that is not JSON, or any invalid event: 422 naming each invalid event's index, reason
@@ -41,6 +43,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from refinery.api.ratelimit import COLLECTOR_KEY, client_of, limiter_for
 from refinery.emitter.client import event_key
 from refinery.ingest.deadletter import DeadLetterQueue
 from refinery.ingest.redaction import redact_event
@@ -59,8 +62,28 @@ class KafkaUnavailable(Exception):
     """Kafka cannot be reached or did not acknowledge in time: 503, the client retries."""
 
 
+class WeakCollectorKey(ValueError):
+    """A key of COLLECTOR_KEYS too short or too plain to stand as an app's only credential."""
+
+
+def check_collector_keys(settings: Settings) -> None:
+    """Raise WeakCollectorKey naming the app (never the key) whose key has fewer than
+    COLLECTOR_MIN_KEY_CHARS characters or fewer than 10 distinct ones."""
+    need = settings.collector_min_key_chars
+    for app_id, secret in sorted(settings.collector_keys.items()):
+        key = secret.get_secret_value()
+        if len(key) < need or len(set(key)) < 10:
+            raise WeakCollectorKey(
+                f"COLLECTOR_KEYS: the key of app {app_id!r} is too weak ({len(key)} characters,"
+                f" {len(set(key))} distinct; at least {need} and 10 are needed). Make one with"
+                " `openssl rand -hex 24`."
+            )
+
+
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    # Refuse to start rather than serve with a guessable key.
+    check_collector_keys(getattr(app.state, "settings", None) or get_settings())
     yield
     producer = getattr(app.state, "collector_producer", None)
     if producer is not None:
@@ -258,8 +281,18 @@ async def collect(request: Request) -> JSONResponse:
     key = request.headers.get(KEY_HEADER)
     if not key:
         return _reply(401, {"detail": f"the {KEY_HEADER} header is missing"}, cors)
+    limiter, client = limiter_for(request.app, settings), client_of(request)
+    retry_after = limiter.retry_after(COLLECTOR_KEY, client)
+    if retry_after is not None:
+        detail = f"too many unknown {KEY_HEADER}s from this address; retry after {retry_after} s"
+        return JSONResponse(
+            {"detail": detail},
+            status_code=429,
+            headers={**(cors or {}), "Retry-After": str(retry_after)},
+        )
     key_app = _app_of_key(settings, key)
     if key_app is None:
+        limiter.failed(COLLECTOR_KEY, client)
         return _reply(401, {"detail": f"unknown {KEY_HEADER}"}, cors)
 
     limit = settings.collector_max_body_bytes

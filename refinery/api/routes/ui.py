@@ -37,6 +37,7 @@ from refinery.api import views
 from refinery.api.deps import PROPOSAL_ID_PATTERN, ProposalId, SessionsDep, SettingsDep
 from refinery.api.middleware import STRICT_CSP
 from refinery.api.models import ProposalDetail
+from refinery.api.ratelimit import UI_LOGIN, client_of, limiter_for
 from refinery.api.tokens import (
     Principal,
     Role,
@@ -210,6 +211,17 @@ async def login(request: Request, sessions: SessionsDep, settings: SettingsDep) 
         return render(
             "error.html", 403, title="Forbidden", message="Cross-site log-in refused.", user=None
         )
+    limiter, client = limiter_for(request.app, settings), client_of(request)
+    retry_after = limiter.retry_after(UI_LOGIN, client)
+    if retry_after is not None:
+        page = render(
+            "login.html",
+            429,
+            user=None,
+            error=f"Too many failed log-ins; retry in {retry_after} s.",
+        )
+        page.headers["Retry-After"] = str(retry_after)
+        return page
     token = (await _form(request)).get("token", "").strip()
 
     def check() -> str | None:
@@ -221,6 +233,7 @@ async def login(request: Request, sessions: SessionsDep, settings: SettingsDep) 
 
     session_id = await run_in_threadpool(check)
     if session_id is None:
+        limiter.failed(UI_LOGIN, client)
         return render("login.html", 401, user=None, error="Unknown or revoked token.")
     response = RedirectResponse("/ui/", status_code=303)
     response.set_cookie(
