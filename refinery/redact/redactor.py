@@ -199,10 +199,11 @@ def _card_end(m: re.Match[str]) -> int | None:
 # US social security number, written with separators ("123-45-6789", "123 45 6789"): nine bare
 # digits are too often something else. Area not 000, 666 or 9xx; group not 00; serial not 0000.
 _SSN_RE = re.compile(
-    r"(?=[0-9])(?<![0-9+.,/:])"
+    # Not glued to letters either: "clinc150-11-1234" is an identifier, not an SSN.
+    r"(?=[0-9])(?<![0-9A-Za-z_+.,/:])"
     + _not_in_group_run(2, " -")
     + r"(?!000|666|9)[0-9]{3}(?P<ssep>[ -])(?!00)[0-9]{2}(?P=ssep)(?!0000)[0-9]{4}"
-    r"(?![0-9]|[ -][0-9]|[.,/:][0-9])"
+    r"(?![0-9A-Za-z_]|[ -][0-9]|[.,/:][0-9])"
 )
 
 # --- SECRET -------------------------------------------------------------------------------
@@ -328,18 +329,19 @@ _PHONE_INTL_DIGITS = (8, 15)
 # North American national: "(415) 555-0199", "415-555-0199", "415.555.0199", "1-800-555-0199".
 # Not after "12 " and the like: a group inside a longer digit sequence is not a phone number.
 _PHONE_NANP_RE = re.compile(
-    r"(?=[0-9(])(?<![0-9+])"
+    r"(?=[0-9(])(?<![0-9A-Za-z_+])"
     + _not_in_group_run(2, " .-")
     + r"(?:1[ .-]?)?(?:\([0-9]{3}\)\ ?|[0-9]{3}[ .-])"
-    r"[0-9]{3}[ .-][0-9]{4}(?![0-9])"
+    r"[0-9]{3}[ .-][0-9]{4}(?![0-9A-Za-z_])"
 )
+# Neither kind is glued to letters: "bb19ff03-5655-4292-a84e" is a UUID, not a phone number.
 # National with a trunk 0: "020 7946 0958", "0151 496 0123", "030 901820", "(02) 9876 5432",
 # "06 12 34 56 78", "03-1234-5678", "089/1234567", "07700900123". After the area code the
 # separators must agree, which keeps dates ("01.02.2024 10:30") out.
 _PHONE_TRUNK_RE = re.compile(
-    r"(?=[(0])(?<![0-9+])" + _not_in_group_run(2, " .-") + r"(?=(?:[ ./()-]{0,2}[0-9]){9})"
+    r"(?=[(0])(?<![0-9A-Za-z_+])" + _not_in_group_run(2, " .-") + r"(?=(?:[ ./()-]{0,2}[0-9]){9})"
     r"(?:\(0[1-9][0-9]{0,3}\)\ ?|0[1-9][0-9]{0,3}[ ./-]?)[0-9]{2,8}"
-    r"(?:(?P<tsep>[ .-])[0-9]{2,8}(?:(?P=tsep)[0-9]{2,8})*+)?(?![0-9])"
+    r"(?:(?P<tsep>[ .-])[0-9]{2,8}(?:(?P=tsep)[0-9]{2,8})*+)?(?![0-9A-Za-z_])"
 )
 _PHONE_TRUNK_DIGITS = (9, 12)
 _PHONE_GROUP_RE = re.compile(r"\([0-9]+\)|[0-9]+")

@@ -264,6 +264,10 @@ NEGATIVES = [
     "123-45-67890",
     "12 123-45-6789",
     "call 555-12-3456-7",
+    "scn-run-clinc150-11-1234",  # identifiers: digit groups glued to letters
+    "batch_123-45-6789x",
+    "bb19ff03-5655-4292-a84e-a37e7937b6df",  # a UUID: its digit groups are not a phone
+    "06123548-13ed-4616-9470-5774ae64c902",
     # secret lookalikes
     "sk-learn and scikit-learn",
     "task-runner-with-a-very-long-hyphenated-name",
