@@ -36,13 +36,14 @@ from refinery.collector.router import (
     KEY_HEADER,
     RETRY_AFTER_S,
     KafkaUnavailable,
-    _app_of_key,
+    Refusal,
     _dead_letter,
     _kafka_down,
     _kafka_failed,
     _remaining,
     _settings,
     _unavailable,
+    authenticate,
     producer_for,
 )
 from refinery.emitter.client import event_key
@@ -92,12 +93,11 @@ async def receive_traces(request: Request) -> Response:
     settings = _settings(request)
     if not settings.collector_keys:
         return _error(401, "the collector has no ingest keys (COLLECTOR_KEYS is empty)")
-    key = request.headers.get(KEY_HEADER)
-    if not key:
-        return _error(401, f"the {KEY_HEADER} header is missing")
-    key_app = _app_of_key(settings, key)
-    if key_app is None:
-        return _error(401, f"unknown {KEY_HEADER}")
+    key_app = authenticate(request, settings)
+    if isinstance(key_app, Refusal):
+        refused = _error(key_app.status, key_app.detail)
+        refused.headers.update(key_app.headers)
+        return refused
 
     limit = settings.collector_max_body_bytes
     too_large = f"request body larger than COLLECTOR_MAX_BODY_BYTES={limit} bytes"

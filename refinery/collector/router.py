@@ -35,6 +35,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -223,6 +224,31 @@ def _reply(status: int, body: dict[str, Any], cors: dict[str, str] | None) -> JS
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+@dataclass(frozen=True)
+class Refusal:
+    status: int
+    detail: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def authenticate(request: Request, settings: Settings) -> str | Refusal:
+    """The app of the request's ingest key, or why not: every collector route (/v1/events,
+    /v1/traces) asks here, so the tenant and the failed-key limit are one rule."""
+    key = request.headers.get(KEY_HEADER)
+    if not key:
+        return Refusal(401, f"the {KEY_HEADER} header is missing")
+    limiter, client = limiter_for(request.app, settings), client_of(request)
+    retry_after = limiter.retry_after(COLLECTOR_KEY, client)
+    if retry_after is not None:
+        detail = f"too many unknown {KEY_HEADER}s from this address; retry after {retry_after} s"
+        return Refusal(429, detail, {"Retry-After": str(retry_after)})
+    key_app = _app_of_key(settings, key)
+    if key_app is None:
+        limiter.failed(COLLECTOR_KEY, client)
+        return Refusal(401, f"unknown {KEY_HEADER}")
+    return key_app
+
+
 def _app_of_key(settings: Settings, key: str) -> str | None:
     found = None
     for app_id, secret in sorted(settings.collector_keys.items()):
@@ -278,22 +304,13 @@ async def collect(request: Request) -> JSONResponse:
         return _reply(
             401, {"detail": "the collector has no ingest keys (COLLECTOR_KEYS is empty)"}, cors
         )
-    key = request.headers.get(KEY_HEADER)
-    if not key:
-        return _reply(401, {"detail": f"the {KEY_HEADER} header is missing"}, cors)
-    limiter, client = limiter_for(request.app, settings), client_of(request)
-    retry_after = limiter.retry_after(COLLECTOR_KEY, client)
-    if retry_after is not None:
-        detail = f"too many unknown {KEY_HEADER}s from this address; retry after {retry_after} s"
+    key_app = authenticate(request, settings)
+    if isinstance(key_app, Refusal):
         return JSONResponse(
-            {"detail": detail},
-            status_code=429,
-            headers={**(cors or {}), "Retry-After": str(retry_after)},
+            {"detail": key_app.detail},
+            status_code=key_app.status,
+            headers={**(cors or {}), **key_app.headers},
         )
-    key_app = _app_of_key(settings, key)
-    if key_app is None:
-        limiter.failed(COLLECTOR_KEY, client)
-        return _reply(401, {"detail": f"unknown {KEY_HEADER}"}, cors)
 
     limit = settings.collector_max_body_bytes
     too_large = {"detail": f"request body larger than COLLECTOR_MAX_BODY_BYTES={limit} bytes"}

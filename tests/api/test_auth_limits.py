@@ -51,6 +51,25 @@ def test_collector_keys(limited):
         assert post("wrong-key").status_code == 401
     r = post(STRONG_KEY)
     assert r.status_code == 429 and int(r.headers["retry-after"]) > 0
+    # The OTLP receiver is behind the same keys, so behind the same count.
+    traces = limited.post(
+        "/v1/traces",
+        content=b"{}",
+        headers={"X-Refinery-Key": STRONG_KEY, "Content-Type": "application/json"},
+    )
+    assert traces.status_code == 429 and int(traces.headers["retry-after"]) > 0
+
+
+def test_wrong_keys_on_the_otlp_receiver_count_too(limited):
+    for _ in range(3):
+        r = limited.post(
+            "/v1/traces",
+            content=b"{}",
+            headers={"X-Refinery-Key": "wrong-key", "Content-Type": "application/json"},
+        )
+        assert r.status_code == 401
+    r = limited.post("/v1/events", content=b"{}", headers={"X-Refinery-Key": STRONG_KEY})
+    assert r.status_code == 429
 
 
 @pytest.mark.parametrize("key", ["short-key-123", "a" * 40, "abababababababababababab"])
