@@ -6,7 +6,12 @@
    SentenceTransformer.encode at the same batch size, as a ratio.
 3. `refinery demo` end to end: wall time and peak memory (RSS of the process).
 
-Run: python bench/bench_spine.py [--events N] [--clinc PATH]
+Ingest runs on SQLite and on PostgreSQL (a fresh database on --postgres-admin-url, dropped
+afterwards), each against its own bare loop measured just before it, so one run prints the ratio
+for both databases.
+
+Run: python bench/bench_spine.py [--events N] [--clinc PATH] [--database sqlite|postgres|both]
+     [--only ingest] [--profile DIR]
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -66,7 +73,9 @@ def _events(n: int) -> tuple[list[bytes], list[bytes]]:
     return interactions, feedback
 
 
-def bench_ingest(n: int, redis_url: str, database_url: str) -> dict:
+def bench_ingest(n: int, redis_url: str, database_url: str, profile: str | None = None) -> dict:
+    """`profile`: a file to write cProfile stats of the ingest loop to (the bare loop is not
+    profiled; profiling slows ingest, so its figure is then not comparable)."""
     from kafka import KafkaConsumer, KafkaProducer
 
     from refinery.embed import embedding_model_name
@@ -141,13 +150,23 @@ def bench_ingest(n: int, redis_url: str, database_url: str) -> dict:
             enqueue=celery_enqueue(settings),
             embedding_model=embedding_model_name(settings),
         )
+        profiler = None
+        if profile:
+            import cProfile
+
+            profiler = cProfile.Profile()
         started = None
         while consumer.stats.consumed < total:
             handled = consumer.poll_once()
             if handled and started is None:
                 started = time.perf_counter()
                 first_batch = handled
+                if profiler is not None:
+                    profiler.enable()
         ingest_s = time.perf_counter() - (started or time.perf_counter())
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(profile)
         consumer.close()
         # Both clocks start after the first batch arrived (group join excluded); count alike.
         return {
@@ -257,6 +276,27 @@ def bench_demo() -> dict:
     return {"wall_s": wall, "peak_mib": max(peak_kib, before) / 1024, "ok": ok}
 
 
+@contextmanager
+def _postgres_database(admin_url: str) -> Iterator[str]:
+    """A fresh PostgreSQL database for one ingest run, dropped afterwards."""
+    from sqlalchemy import create_engine, text
+
+    name = f"bench_spine_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = admin_url.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        yield url
+    finally:
+        from refinery.store.db import engine_for
+
+        engine_for(url).dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=20000)
@@ -266,40 +306,72 @@ def main() -> int:
     parser.add_argument(
         "--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/14")
     )
+    parser.add_argument("--database", choices=("sqlite", "postgres", "both"), default="both")
+    parser.add_argument(
+        "--postgres-admin-url",
+        default=os.environ.get(
+            "BENCH_POSTGRES_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+        ),
+    )
+    parser.add_argument("--only", choices=("ingest",), default=None, help="skip the other parts")
+    parser.add_argument("--profile", default=None, help="write cProfile stats per database here")
     args = parser.parse_args()
 
     import redis
 
-    redis.Redis.from_url(args.redis_url).flushdb()  # the bench's own Redis DB: queued tasks pile up
-    with tempfile.TemporaryDirectory() as tmp:
-        ingest = bench_ingest(args.events, args.redis_url, f"sqlite:///{tmp}/ingest.db")
+    def profile_path(db: str) -> str | None:
+        if not args.profile:
+            return None
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
+        return str(Path(args.profile) / f"ingest-{db}.prof")
+
+    ingests: dict[str, dict] = {}
+    if args.database in ("sqlite", "both"):
+        redis.Redis.from_url(args.redis_url).flushdb()  # the bench's own DB: tasks pile up
+        with tempfile.TemporaryDirectory() as tmp:
+            ingests["SQLite"] = bench_ingest(
+                args.events, args.redis_url, f"sqlite:///{tmp}/ingest.db", profile_path("sqlite")
+            )
+    if args.database in ("postgres", "both"):
+        redis.Redis.from_url(args.redis_url).flushdb()
+        with _postgres_database(args.postgres_admin_url) as url:
+            ingests["PostgreSQL"] = bench_ingest(
+                args.events, args.redis_url, url, profile_path("postgres")
+            )
     redis.Redis.from_url(args.redis_url).flushdb()
-    embed = bench_embedding(args.clinc, args.embed_queries, args.batch_size)
-    demo = bench_demo()
+    embed = (
+        bench_embedding(args.clinc, args.embed_queries, args.batch_size) if not args.only else None
+    )
+    demo = bench_demo() if not args.only else None
 
     print(f"\n## Spine benchmark (this machine: {os.cpu_count()} cores)\n")
     print("| measure | figure | baseline | ratio | target |")
     print("|---|---|---|---|---|")
-    print(
-        f"| ingest, SQLite + Celery on Redis ({ingest['events']} events, "
-        f"{ingest['enqueued']} enqueued) "
-        f"| {ingest['ingest_eps']:,.0f} events/s | bare consume {ingest['bare_eps']:,.0f} events/s "
-        f"| {ingest['ingest_eps'] / ingest['bare_eps']:.2f} | >= 0.50 |"
-    )
-    print(
-        f"| embedding, worker path ({embed['queries']} queries, batch {args.batch_size}) "
-        f"| {embed['worker_qps']:,.0f} queries/s | bare encode {embed['bare_qps']:,.0f} queries/s "
-        f"| {embed['worker_qps'] / embed['bare_qps']:.2f} | >= 0.90 |"
-    )
-    print(
-        f"| embedding, cache hits ({embed['cache_hits']}) "
-        f"| {embed['cached_qps']:,.0f} queries/s | | | |"
-    )
-    print(
-        f"| `refinery demo` end to end "
-        f"| {demo['wall_s']:.1f} s wall, {demo['peak_mib']:.0f} MiB peak RSS "
-        f"| | | {'all planted modes found' if demo['ok'] else 'FAILED'} |"
-    )
+    for db, ingest in ingests.items():
+        print(
+            f"| ingest, {db} + Celery on Redis ({ingest['events']} events, "
+            f"{ingest['enqueued']} enqueued) "
+            f"| {ingest['ingest_eps']:,.0f} events/s "
+            f"| bare consume {ingest['bare_eps']:,.0f} events/s "
+            f"| {ingest['ingest_eps'] / ingest['bare_eps']:.2f} | >= 0.50 |"
+        )
+    if embed is not None:
+        print(
+            f"| embedding, worker path ({embed['queries']} queries, batch {args.batch_size}) "
+            f"| {embed['worker_qps']:,.0f} queries/s "
+            f"| bare encode {embed['bare_qps']:,.0f} queries/s "
+            f"| {embed['worker_qps'] / embed['bare_qps']:.2f} | >= 0.90 |"
+        )
+        print(
+            f"| embedding, cache hits ({embed['cache_hits']}) "
+            f"| {embed['cached_qps']:,.0f} queries/s | | | |"
+        )
+    if demo is not None:
+        print(
+            f"| `refinery demo` end to end "
+            f"| {demo['wall_s']:.1f} s wall, {demo['peak_mib']:.0f} MiB peak RSS "
+            f"| | | {'all planted modes found' if demo['ok'] else 'FAILED'} |"
+        )
     return 0
 
 
