@@ -356,3 +356,31 @@ class FailedWork(Base):
     last_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_error: Mapped[str | None] = mapped_column(Text)
     parked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class RefinementImpact(Base):
+    """Did an approved refinement help (refinery.impact): when it shipped and the latest verdict
+    on its cluster's region, before vs after. One row per approved proposal, recomputed."""
+
+    __tablename__ = "refinement_impacts"
+    __table_args__ = (Index("ix_refinement_impacts_app", "app_id"),)
+
+    proposal_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    app_id: Mapped[str] = mapped_column(String(64))
+    cluster_id: Mapped[str] = mapped_column(String(40))
+    kind: Mapped[str] = mapped_column(String(32))
+    approved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When it shipped: reported (status applied, audited) or inferred (the first interaction
+    # carrying the prompt version its approval registered); NULL while not applied.
+    applied_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    applied_how: Mapped[str | None] = mapped_column(String(16))  # reported | inferred
+    applied_version: Mapped[str | None] = mapped_column(String(128))
+    # improved | no_change | regressed | not_enough_data | not_applied
+    verdict: Mapped[str] = mapped_column(String(20), default="not_applied")
+    # Counts and interval of the verdict by time (refinery.impact.verdict.Assessment.as_dict),
+    # and the region's counts per prompt version.
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    by_version: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    computed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Set when the regression alert was written to the outbox: alerted once.
+    alerted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
