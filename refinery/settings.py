@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     topic_approved: str = Field(
         "refinery.approved-refinements", description="Approved refinements out (outbox relay)."
     )
+    topic_alerts: str = Field(
+        "refinery.alerts",
+        description="Alert events out (outbox relay): a refinement whose verdict is regressed,"
+        " once per refinement (refinery.impact).",
+    )
     ingest_group_id: str = Field("refinery-ingest", description="Kafka consumer group of `refinery ingest`.")
     ingest_batch_max_records: int = Field(500, description="Most records handled per poll and commit.")
     ingest_poll_timeout_ms: int = Field(500, description="How long one poll waits for records.")
@@ -430,6 +435,16 @@ class Settings(BaseSettings):
         2000,
         description="Non-failing interactions of an app (within CLUSTER_WINDOW_DAYS) sampled and"
         " embedded per pass to estimate each cluster region's failure rate. 0 disables.",
+    )
+
+    # --- impact of approved refinements ----------------------------------------------------------
+    impact_window_s: float = Field(
+        7 * 86400.0,
+        description="Length of the 'before' period of a refinement's verdict (ending when it was"
+        " applied); 'after' is from then until now, at most as long (refinery.impact).",
+    )
+    impact_interval_s: float = Field(
+        900.0, description="Beat period of the impact pass, which recomputes every verdict."
     )
 
     # --- proposals ---------------------------------------------------------------------------

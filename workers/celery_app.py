@@ -34,6 +34,7 @@ TIME_LIMITS: dict[str, tuple[float, float]] = {
     "refinery.sweep_abandoned_sessions": (120, 150),
     "refinery.sweep_orphan_feedback": (120, 150),
     "refinery.reconcile": (120, 150),
+    "refinery.refresh_impact": (240, 300),
 }
 # Slack for clock skew, broker round trips and the worker noticing a timed-out child.
 VISIBILITY_MARGIN_S = 60.0
@@ -116,6 +117,8 @@ def configure(app: Celery, settings: Settings) -> Celery:
             "refinery.sweep_orphan_feedback": {"queue": "propose"},
             # Database queries and sends, no model: the propose queue too.
             "refinery.reconcile": {"queue": "propose"},
+            # Embeds the before/after samples of each refinement's region: the embed queue.
+            "refinery.refresh_impact": {"queue": "embed"},
         },
         task_default_queue="embed",
         beat_schedule={
@@ -141,6 +144,11 @@ def configure(app: Celery, settings: Settings) -> Celery:
             "sweep-orphan-feedback": {
                 "task": "refinery.sweep_orphan_feedback",
                 "schedule": settings.signals_sweep_interval_s,
+            },
+            "refresh-impact": {
+                "task": "refinery.refresh_impact",
+                "schedule": settings.impact_interval_s,
+                "options": {"expires": max(settings.impact_interval_s, 10.0)},
             },
         },
         worker_hijack_root_logger=False,

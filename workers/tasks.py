@@ -429,6 +429,25 @@ def reconcile_enqueuers() -> Enqueuers:
     )
 
 
+@refinery_task("refinery.refresh_impact")
+def refresh_impact(self: Task, app_id: str | None = None) -> dict:
+    """Beat: when each approved refinement shipped, its region's failure rate before and after,
+    the verdict; one alert per regression (refinery.impact). Embeds, so the embed queue."""
+    from refinery.impact.service import refresh_impacts
+    from refinery.store.db import session_factory
+
+    settings = get_settings()
+    result = refresh_impacts(
+        session_factory(settings.database_url), settings, get_embedder(settings), app_id=app_id
+    )
+    return {
+        "refinements": result.refinements,
+        "inferred": result.inferred,
+        "alerts": result.alerts,
+        "verdicts": result.verdicts,
+    }
+
+
 @refinery_task("refinery.reconcile")
 def reconcile(self: Task) -> dict:
     """Beat (and once at worker start): re-enqueue what the database says is due and has not

@@ -36,6 +36,7 @@ EVERY_TASK = {  # name: args; "APP" stands for the app id, "SESSION" for a sessi
     "refinery.sweep_abandoned_sessions": (),
     "refinery.sweep_orphan_feedback": (),
     "refinery.reconcile": (),
+    "refinery.refresh_impact": (),
 }
 
 
