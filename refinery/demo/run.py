@@ -16,14 +16,15 @@ from collections import Counter
 
 from sqlalchemy import func, select
 
-from refinery.demo.workload import APP_ID, generate
+from refinery.demo.workload import APP_ID, PROMPT_NAME, SHIPPED_FIXES, Workload, generate
 from refinery.embed import embedding_model_name
 from refinery.ingest.consumer import IngestConsumer
 from refinery.kafka.clients import make_consumer, make_producer
 from refinery.review.service import ProposalFilter, list_proposals
 from refinery.runtime import celery_enqueue, start_runtime
 from refinery.settings import Settings
-from refinery.store.models import Embedding, Interaction
+from refinery.store.models import Embedding, Interaction, ProposalRow, RefinementImpact, utcnow
+from refinery.store.prompts import current_prompt
 
 
 def run_demo(settings: Settings, *, out=sys.stdout) -> int:  # type: ignore[no-untyped-def]
@@ -37,49 +38,12 @@ def run_demo(settings: Settings, *, out=sys.stdout) -> int:  # type: ignore[no-u
         if not settings.celery_eager:
             worker = _start_worker(settings)
         work = generate()
-        producer = make_producer(settings)
-        for event in work.interactions:
-            producer.send(
-                settings.topic_interactions, key=APP_ID.encode(), value=json.dumps(event).encode()
-            )
-        for event in work.feedback:
-            producer.send(
-                settings.topic_feedback, key=APP_ID.encode(), value=json.dumps(event).encode()
-            )
-        for raw in work.invalid:
-            producer.send(settings.topic_interactions, key=APP_ID.encode(), value=raw)
-        producer.flush()
-        print(
-            f"[demo] produced {len(work.interactions)} interactions, {len(work.feedback)} feedback "
-            f"events, {len(work.invalid)} invalid events",
-            file=out,
-        )
         model = embedding_model_name(settings)
-        consumer = IngestConsumer(
-            settings,
-            consumer=make_consumer(
-                settings,
-                settings.topic_interactions,
-                settings.topic_feedback,
-                group_id=f"{settings.ingest_group_id}-demo",
-            ),
-            producer=producer,
-            sessions=runtime.sessions,
-            enqueue=celery_enqueue(settings),
-            embedding_model=model,
-        )
-        stats = consumer.run(until_caught_up=True)
-        consumer.close()
-        producer.close()
-        print(
-            f"[demo] ingested {stats.consumed} records: {stats.stored} stored, {stats.duplicates} "
-            f"duplicates, dead-lettered {dict(stats.dead_lettered)}, {stats.enqueued} failing "
-            "queued for embedding",
-            file=out,
-        )
+        _produce_and_ingest(settings, runtime.sessions, work, out)
         _wait_for_embeddings(runtime.sessions, model)
         _refine(settings)
         _print_queue(runtime.sessions, work.planted, out)
+        _ship_and_judge(settings, runtime.sessions, work.planted, out)
     finally:
         if worker is not None:
             worker.terminate()
@@ -87,6 +51,113 @@ def run_demo(settings: Settings, *, out=sys.stdout) -> int:  # type: ignore[no-u
         runtime.close()
     print(f"[demo] done in {time.perf_counter() - started:.1f} s", file=out)
     return 0
+
+
+def _produce_and_ingest(settings: Settings, sessions, work: Workload, out) -> None:  # type: ignore[no-untyped-def]
+    producer = make_producer(settings)
+    for event in work.interactions:
+        producer.send(
+            settings.topic_interactions, key=APP_ID.encode(), value=json.dumps(event).encode()
+        )
+    for event in work.feedback:
+        producer.send(
+            settings.topic_feedback, key=APP_ID.encode(), value=json.dumps(event).encode()
+        )
+    for raw in work.invalid:
+        producer.send(settings.topic_interactions, key=APP_ID.encode(), value=raw)
+    producer.flush()
+    print(
+        f"[demo] produced {len(work.interactions)} interactions, {len(work.feedback)} feedback "
+        f"events, {len(work.invalid)} invalid events",
+        file=out,
+    )
+    consumer = IngestConsumer(
+        settings,
+        consumer=make_consumer(
+            settings,
+            settings.topic_interactions,
+            settings.topic_feedback,
+            group_id=f"{settings.ingest_group_id}-demo",
+        ),
+        producer=producer,
+        sessions=sessions,
+        enqueue=celery_enqueue(settings),
+        embedding_model=embedding_model_name(settings),
+    )
+    stats = consumer.run(until_caught_up=True)
+    consumer.close()
+    producer.close()
+    print(
+        f"[demo] ingested {stats.consumed} records: {stats.stored} stored, {stats.duplicates} "
+        f"duplicates, dead-lettered {dict(stats.dead_lettered)}, {stats.enqueued} failing "
+        "queued for embedding",
+        file=out,
+    )
+
+
+def _ship_and_judge(settings: Settings, sessions, planted: dict[str, str], out) -> None:  # type: ignore[no-untyped-def]
+    """The loop closed: a reviewer approves the queue; the app ships a new prompt version (the
+    behaviour fix, found from its traffic) and a new help-center source (the knowledge gap,
+    reported applied by the indexer), not the dataset; traffic continues; each verdict."""
+    from refinery.impact.review_calls import approve, report_applied
+
+    with sessions() as session:
+        pending = list_proposals(
+            session, ProposalFilter(app_id=APP_ID, status="pending"), limit=100
+        )[0]
+    kinds = {row.id: row.kind for row in pending}
+    for proposal_id in kinds:
+        approve(sessions, proposal_id, actor="demo-reviewer", topic=settings.topic_approved)
+    shipped = {kind for mode, kind in planted.items() if mode in SHIPPED_FIXES}
+    for proposal_id, kind in kinds.items():
+        if kind == "rag_source" and kind in shipped:
+            report_applied(sessions, proposal_id, actor="nimbus-indexer", comment="source indexed")
+    with sessions() as session:
+        prompt = current_prompt(session, app_id=APP_ID, name=PROMPT_NAME)
+        assert prompt is not None
+        version, text = prompt.version, prompt.text
+    print(
+        f"\n[demo] approved {len(kinds)} proposal(s); the app ships prompt {PROMPT_NAME} {version} "
+        "and a refurbished-warranty source; the dataset is not trained on",
+        file=out,
+    )
+    after = generate(
+        healthy=100, per_mode=40, start=utcnow(), spacing_s=1.0, prompt=(version, text),
+        fixed=SHIPPED_FIXES, tag="-after",
+    )  # fmt: skip
+    after.invalid = []
+    _produce_and_ingest(settings, sessions, after, out)
+    _wait_for_embeddings(sessions, embedding_model_name(settings))
+    _impact(settings)
+    with sessions() as session:
+        rows = session.execute(
+            select(ProposalRow, RefinementImpact)
+            .join(RefinementImpact, RefinementImpact.proposal_id == ProposalRow.id)
+            .where(ProposalRow.id.in_(list(kinds)))
+            .order_by(ProposalRow.kind)
+        ).all()
+    print(f"\nDid it help? ({APP_ID})\n", file=out)
+    for row, impact in rows:
+        d = impact.detail
+        counts = (
+            f"failing {d['before']['failing']}/{d['before']['total']} -> "
+            f"{d['after']['failing']}/{d['after']['total']}, P(better) {d['p_improved']:.2f}, "
+            f"change {d['diff_low']:+.2f} to {d['diff_high']:+.2f}"
+            if "before" in d
+            else "not shipped"
+        )
+        how = f" ({impact.applied_how})" if impact.applied_how else ""
+        print(f"[demo] {row.kind:<19} {impact.verdict:<16}{how:<11} {counts}", file=out)
+    print(f"[demo] the picture: refinery api, then /ui/apps/{APP_ID}", file=out)
+
+
+def _impact(settings: Settings) -> None:
+    from workers.tasks import refresh_impact
+
+    if settings.celery_eager:
+        refresh_impact.apply(args=(APP_ID,)).get()
+    else:
+        refresh_impact.apply_async(args=(APP_ID,)).get(timeout=600)
 
 
 def _start_worker(settings: Settings) -> subprocess.Popen[bytes]:

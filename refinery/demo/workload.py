@@ -118,12 +118,31 @@ class Workload:
     planted: dict[str, str] = field(default_factory=dict)  # failure mode -> expected kind
 
 
+# After the approvals, the app ships fixes for these modes (refinery demo): a new prompt version
+# for the behaviour mode, a new help-center source for the knowledge gap. The corrections mode's
+# dataset is approved but never trained on.
+SHIPPED_FIXES = frozenset({"behaviour", "knowledge_gap"})
+FIXED_SUCCESS = 0.9  # share of a fixed mode's queries that now go well
+
+
 def generate(
-    seed: int = 7, healthy: int = 400, per_mode: int = 30, noise_rate: float = 0.03
+    seed: int = 7,
+    healthy: int = 400,
+    per_mode: int = 30,
+    noise_rate: float = 0.03,
+    *,
+    start: datetime | None = None,
+    spacing_s: float = 37.0,
+    prompt: tuple[str, str] = (PROMPT_VERSION, PROMPT_TEXT),
+    fixed: frozenset[str] = frozenset(),
+    tag: str = "",
 ) -> Workload:
-    rng = random.Random(seed)
-    # A week back from now: event-time limits (MAX_EVENT_AGE_S) must accept the demo any day.
-    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=7)
+    """The traffic: by default a week back from now (event-time limits, MAX_EVENT_AGE_S, must
+    accept the demo any day). After fixes shipped: `start` now, the app's `prompt` (version, text)
+    and the `fixed` modes mostly succeeding; `tag` keeps the event ids apart."""
+    rng = random.Random(f"{seed}{tag}" if tag else seed)
+    if start is None:
+        start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=7)
     work = Workload(
         planted={
             "knowledge_gap": "rag_source",
@@ -136,18 +155,18 @@ def generate(
     def interaction(query: str, response: str, sources: list[dict], mode: str) -> dict:
         nonlocal counter
         counter += 1
-        at = start + timedelta(seconds=37 * counter)
+        at = start + timedelta(seconds=spacing_s * counter)
         event = {
-            "event_id": f"demo-{seed}-i{counter}",
+            "event_id": f"demo-{seed}{tag}-i{counter}",
             "schema_version": "1.0",
             "app_id": APP_ID,
-            "session_id": f"s{seed}-{counter // 3}",
-            "interaction_id": f"int-{seed}-{counter}",
+            "session_id": f"s{seed}{tag}-{counter // 3}",
+            "interaction_id": f"int-{seed}{tag}-{counter}",
             "turn_index": counter % 3,
             "occurred_at": at.isoformat(),
             "query": query,
             "response": response,
-            "system_prompt": {"id": PROMPT_NAME, "version": PROMPT_VERSION, "text": PROMPT_TEXT},
+            "system_prompt": {"id": PROMPT_NAME, "version": prompt[0], "text": prompt[1]},
             "model": "nimbus-chat-2",
             "retrieved_sources": sources,
             "latency_ms": round(rng.uniform(300, 2500), 1),
@@ -164,7 +183,7 @@ def generate(
         at = datetime.fromisoformat(event["occurred_at"]) + timedelta(seconds=rng.randint(5, 600))
         work.feedback.append(
             {
-                "event_id": f"demo-{seed}-f{n}",
+                "event_id": f"demo-{seed}{tag}-f{n}",
                 "schema_version": "1.0",
                 "app_id": APP_ID,
                 "interaction_id": event["interaction_id"],
@@ -215,13 +234,35 @@ def generate(
         elif roll < 0.45:
             feedback(event, "copy")
 
+    def now_fixed(mode: str) -> bool:
+        return mode in fixed and rng.random() < FIXED_SUCCESS
+
     for _ in range(per_mode):
         query, _ = render(rng.choice(KNOWLEDGE_GAP))
+        if now_fixed("knowledge_gap"):
+            event = interaction(
+                query,
+                "Refurbished items carry a 12-month Nimbus warranty covering defects.",
+                [{"source_id": "kb-refurbished-warranty", "title": "Refurbished warranty",
+                  "score": round(rng.uniform(0.7, 0.95), 3)}],
+                "knowledge_gap",
+            )  # fmt: skip
+            feedback(event, "thumbs_up")
+            continue
         event = interaction(query, rng.choice(GAP_RESPONSES), [], "knowledge_gap")
         feedback(event, "thumbs_down")
 
     for _ in range(per_mode):
         query, values = render(rng.choice(BEHAVIOUR))
+        if now_fixed("behaviour"):
+            event = interaction(
+                query,
+                "1. Hold the power button for 3 s. 2. Open the Nimbus app. 3. Tap Add device.",
+                good_sources("setup"),
+                "behaviour",
+            )
+            feedback(event, "thumbs_up")
+            continue
         steps = " ".join(
             f"Step {i}: on the {values.get('device', 'device')}, open the menu, review "
             f"every option carefully and read the manual section {i} in full."
