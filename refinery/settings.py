@@ -468,6 +468,39 @@ class Settings(BaseSettings):
         " cosine / geometric mean of the clusters' mean inner cosines): one topic split in two.",
     )
     default_prompt_name: str = Field("default", description="Prompt name when events carry none.")
+    # Candidate corpora (refinery.corpus) and the knowledge sources drafted from them.
+    corpus_chunk_max_chars: int = Field(
+        1200, ge=50, description="Longest chunk of a candidate document, in characters."
+    )
+    rag_hits_per_query: int = Field(
+        8, ge=1, description="Nearest corpus chunks looked up per failing query."
+    )
+    rag_match_floor: float = Field(
+        0.45,
+        description="Least cosine of a failing query to a corpus chunk for its document to match;"
+        " when none does, the RAG proposal specifies the missing document instead.",
+    )
+    rag_candidate_min_share: float = Field(
+        0.2, description="Least share of a cluster's queries a candidate document must match."
+    )
+    rag_max_candidates: int = Field(3, ge=1, description="Most candidate documents proposed.")
+    question_merge_similarity: float = Field(
+        0.85,
+        description="Cosine at or above which two questions of a missing-document spec are one.",
+    )
+    # Fine-tuning exports (refinery.propose.datasets).
+    dataset_duplicate_similarity: float = Field(
+        0.97,
+        description="Rows whose question and answer are both at least this close (cosine) to an"
+        " earlier row's are near-duplicates, dropped from exports.",
+    )
+    dataset_validation_share: float = Field(
+        0.2,
+        ge=0.0,
+        lt=1.0,
+        description="Share of an export's rows held out for validation (split seeded by the"
+        " proposal id, so it is reproducible).",
+    )
     draft_llm_endpoint: str | None = Field(
         None,
         description="Base URL of an OpenAI-compatible chat API (vLLM, llama.cpp server, Ollama,"

@@ -28,6 +28,27 @@ class ProposalStatus(StrEnum):
     APPLIED = "applied"
 
 
+class ExpectedImpact(BaseModel):
+    """Expected impact of a proposal (refinery.propose.ranking): a weighted sum of its parts, each
+    in [0, 1], times 100. Recomputed whenever the proposal is redrafted."""
+
+    score: float = Field(description="0-100: the weighted sum of the parts below, times 100.")
+    traffic_share: float = Field(
+        description="Share of the app's failing interactions that the proposal's clusters hold."
+    )
+    user_share: float = Field(
+        description="Share of the app's users (distinct sessions) with a failing interaction here."
+    )
+    growth: float = Field(
+        description="growth_rate mapped to [0, 1] (g / (1 + g) for g > 0; 0 when not growing)."
+    )
+    severity: float = Field(
+        description="Mean failure score of the members over twice FAILURE_THRESHOLD, at most 1:"
+        " how strongly and by how many signals users said it failed."
+    )
+    weights: dict[str, float] = Field(description="Weight of each part in the score.")
+
+
 class FeedbackSummary(BaseModel):
     kind: str
     value: float | None = None
@@ -120,6 +141,11 @@ class Evidence(BaseModel):
         " a sample of non-failing ones; None until a sample was drawn, and for a merged proposal"
         " (each part has its own).",
     )
+    expected_impact: ExpectedImpact | None = Field(
+        None,
+        description="Expected impact with its parts, for ranking the queue (sort=impact); None on"
+        " proposals drafted before it existed.",
+    )
     drafted_by: str = Field(
         "template",
         description='Who worded the artifact: "template" (deterministic) or "llm:<model>"'
@@ -141,6 +167,31 @@ class SystemPromptEdit(BaseModel):
     diff: str = Field(description="Unified diff from base_text to proposed_text.")
 
 
+class RagCandidate(BaseModel):
+    """A document of the app's candidate corpus close to the failing queries, which the app's
+    retriever never returned for them."""
+
+    doc_id: str = Field(description="Its id in the corpus (the source_id to index it under).")
+    title: str
+    heading: str = Field("", description="Section of the best-matching chunk.")
+    score: float = Field(description="Mean cosine of the matched queries to their best chunk.")
+    best_score: float = Field(description="Highest cosine of any query to any of its chunks.")
+    matched_queries: int = Field(description="Failing queries with a chunk at or above the floor.")
+    snippet: str = Field(description="Start of the best-matching chunk.")
+
+
+class MissingDocument(BaseModel):
+    """What a document to write must contain, when no candidate matches."""
+
+    title: str
+    questions: list[str] = Field(
+        description="The distinct questions it must answer (near-duplicates merged)."
+    )
+    corrected_facts: list[str] = Field(
+        default_factory=list, description="Facts users supplied in corrections."
+    )
+
+
 class RagSourceManifest(BaseModel):
     topic: str
     representative_queries: list[str]
@@ -148,6 +199,27 @@ class RagSourceManifest(BaseModel):
     gap_signals: dict[str, int] = Field(
         description="Interactions with no sources, low retrieval scores, or admitted ignorance."
     )
+    corpus_version: int | None = Field(
+        None, description="Version of the app's candidate corpus searched; None: none registered."
+    )
+    match_floor: float | None = Field(
+        None, description="Least cosine for a candidate chunk to count as a match."
+    )
+    candidate_documents: list[RagCandidate] = Field(
+        default_factory=list,
+        description="Corpus documents to add to the index, best first (empty: none matched).",
+    )
+    missing_document: MissingDocument | None = Field(
+        None, description="Spec of the document to write, when no candidate matched."
+    )
+
+
+class PreferencePair(BaseModel):
+    """A corrected query with the app's answer it corrects: one DPO row."""
+
+    prompt: str
+    chosen: str = Field(description="The user's correction.")
+    rejected: str = Field(description="The app's answer.")
 
 
 class FineTuneDataset(BaseModel):
@@ -155,6 +227,10 @@ class FineTuneDataset(BaseModel):
     system_prompt: str
     rows: int
     jsonl: str = Field(description="One {'messages': [system, user, assistant]} object per line.")
+    preference_pairs: list[PreferencePair] = Field(
+        default_factory=list,
+        description="Per corrected query, the app's answer it replaced (for the DPO export).",
+    )
 
 
 class _Proposal(BaseModel):

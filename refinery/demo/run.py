@@ -13,9 +13,11 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 from sqlalchemy import func, select
 
+from refinery.corpus.store import register_path
 from refinery.demo.workload import APP_ID, PROMPT_NAME, SHIPPED_FIXES, Workload, generate
 from refinery.embed import embedding_model_name
 from refinery.ingest.consumer import IngestConsumer
@@ -25,6 +27,8 @@ from refinery.runtime import celery_enqueue, start_runtime
 from refinery.settings import Settings
 from refinery.store.models import Embedding, Interaction, ProposalRow, RefinementImpact, utcnow
 from refinery.store.prompts import current_prompt
+
+DEMO_CORPUS = Path(__file__).parent / "corpus"  # help-center articles the app could index
 
 
 def run_demo(settings: Settings, *, out=sys.stdout) -> int:  # type: ignore[no-untyped-def]
@@ -40,6 +44,11 @@ def run_demo(settings: Settings, *, out=sys.stdout) -> int:  # type: ignore[no-u
         work = generate()
         model = embedding_model_name(settings)
         _produce_and_ingest(settings, runtime.sessions, work, out)
+        corpus = register_path(runtime.sessions, settings, APP_ID, DEMO_CORPUS, replace=True)
+        print(
+            f"[demo] candidate corpus: {corpus.documents} documents, {corpus.chunks} chunks",
+            file=out,
+        )
         _wait_for_embeddings(runtime.sessions, model)
         _refine(settings)
         _print_queue(runtime.sessions, work.planted, out)
@@ -223,6 +232,8 @@ def _print_queue(sessions, planted: dict[str, str], out) -> None:  # type: ignor
             f"{row.id:<20} {row.kind:<19} {size:>4}  {f'{mode} ({share:.0%})':<28} {row.title}",
             file=out,
         )
+        for doc in row.payload["artifact"].get("candidate_documents") or []:
+            print(f"{'':<20} candidate document: {doc['doc_id']} ({doc['score']:.2f})", file=out)
     print("", file=out)
     for mode, kind in planted.items():
         verdict = "ok" if found.get(mode) == kind else "MISSING"

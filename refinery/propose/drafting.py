@@ -18,6 +18,9 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from refinery.corpus.index import CorpusHit
 from refinery.ingest.storage import normalize_query
 from refinery.signals.complaints import OTHER
 from refinery.signals.evidence import (
@@ -33,7 +36,10 @@ from schemas.proposals import (
     Evidence,
     FineTuneDataset,
     FineTuneDatasetProposal,
+    MissingDocument,
+    PreferencePair,
     ProposalKind,
+    RagCandidate,
     RagSourceManifest,
     RagSourceProposal,
     SystemPromptEdit,
@@ -51,6 +57,11 @@ class MemberEvidence:
     sources: list[dict]
     feedback: list[tuple[str, float | None, str | None]]  # (kind, value, text)
     occurred_at: str = ""
+    session_id: str = ""
+    failure_score: float = 0.0
+    vector: np.ndarray | None = None  # (dim,) float32, L2-normalized: the query's embedding
+    # Nearest chunks of the app's candidate corpus to the query, best first (refinery.corpus).
+    corpus_hits: list[CorpusHit] = field(default_factory=list)
 
 
 @dataclass
@@ -69,6 +80,12 @@ class DraftInput:
     # Least share of members whose evidence a fine-tune or prompt edit needs (RAG has
     # retrieval_gap_fraction): below it, the evidence is a few members, not the failure mode.
     min_evidence_share: float = 0.25
+    # The app's candidate corpus (None: none registered) and how its hits count for a RAG draft.
+    corpus_version: int | None = None
+    rag_match_floor: float = 0.45
+    rag_candidate_min_share: float = 0.2
+    rag_max_candidates: int = 3
+    question_merge_similarity: float = 0.85
     extras: dict = field(default_factory=dict)
 
 
@@ -93,12 +110,17 @@ def behaviour_counts(members: list[MemberEvidence]) -> Counter[str]:
 
 def target_answers(members: list[MemberEvidence]) -> dict[str, tuple[str, str]]:
     """normalized query -> (query, the user's corrected answer); the latest correction wins."""
-    targets: dict[str, tuple[str, str]] = {}
+    return {k: (q, a) for k, (q, a, _) in _corrections(members).items()}
+
+
+def _corrections(members: list[MemberEvidence]) -> dict[str, tuple[str, str, str]]:
+    """normalized query -> (query, corrected answer, the app's answer it corrects)."""
+    targets: dict[str, tuple[str, str, str]] = {}
     for m in sorted(members, key=lambda m: (m.occurred_at, m.interaction_id)):
         for kind, _, text in m.feedback:
             answer = correction_text(kind, text)
             if answer:
-                targets[normalize_query(m.query)] = (m.query, answer)
+                targets[normalize_query(m.query)] = (m.query, answer, m.response)
     return targets
 
 
@@ -202,8 +224,16 @@ def _fine_tune(data: DraftInput, ev: KindEvidence) -> FineTuneDatasetProposal:
         )
         for _, (query, answer) in sorted(targets.items())
     ]
+    pairs = [
+        PreferencePair(prompt=query, chosen=answer, rejected=response)
+        for _, (query, answer, response) in sorted(_corrections(data.members).items())
+        if response.strip() and response.strip() != answer.strip()
+    ]
     artifact = FineTuneDataset(
-        system_prompt=data.prompt_text, rows=len(lines), jsonl="\n".join(lines) + "\n"
+        system_prompt=data.prompt_text,
+        rows=len(lines),
+        jsonl="\n".join(lines) + "\n",
+        preference_pairs=pairs,
     )
     return FineTuneDatasetProposal(
         app_id=data.app_id,
@@ -224,6 +254,25 @@ def _rag_source(data: DraftInput, ev: KindEvidence) -> RagSourceProposal:
     topic = _topic(data)
     must_cover = [f"Answer: {q}" for q in queries[:5]]
     must_cover.append(f"Authoritative, current facts on: {', '.join(data.keywords[:5])}")
+    candidates = rag_candidates(data)
+    missing = None if candidates else missing_document(data, topic)
+    if candidates:
+        names = "; ".join(
+            f"{c.doc_id} ({c.matched_queries} queries, {c.score:.2f})" for c in candidates
+        )
+        found = (
+            f" Add {_these_documents(len(candidates))}"
+            f" of the candidate corpus (version {data.corpus_version}) to the index; the"
+            f" retriever never returned them for these queries: {names}."
+        )
+    elif data.corpus_version is not None:
+        found = (
+            f" No document of the candidate corpus (version {data.corpus_version}) matches these"
+            f" queries at cosine {data.rag_match_floor:.2f} or above: write the missing document"
+            f" ({len(missing.questions) if missing else 0} distinct questions)."
+        )
+    else:
+        found = " The app registered no candidate corpus: write the missing document."
     return RagSourceProposal(
         app_id=data.app_id,
         cluster_id=data.cluster_id,
@@ -232,7 +281,7 @@ def _rag_source(data: DraftInput, ev: KindEvidence) -> RagSourceProposal:
             f"{gaps['any_gap']} of {len(data.members)} failing interactions had no retrieved "
             f"sources ({gaps['no_sources']}), only weak matches ({gaps['low_retrieval_score']}), "
             f"or a response admitting it did not know ({gaps['admits_not_knowing']}). "
-            f"{ev.summary()}{_merged_note(data)}"
+            f"{ev.summary()}{found}{_merged_note(data)}"
         ),
         evidence=data.evidence,
         artifact=RagSourceManifest(
@@ -240,7 +289,94 @@ def _rag_source(data: DraftInput, ev: KindEvidence) -> RagSourceProposal:
             representative_queries=queries,
             must_cover=must_cover,
             gap_signals={k: v for k, v in gaps.items() if k != "any_gap"},
+            corpus_version=data.corpus_version,
+            match_floor=data.rag_match_floor if data.corpus_version is not None else None,
+            candidate_documents=candidates,
+            missing_document=missing,
         ),
+    )
+
+
+def _these_documents(n: int) -> str:
+    return "this document" if n == 1 else f"these {n} documents"
+
+
+def rag_candidates(data: DraftInput) -> list[RagCandidate]:
+    """Corpus documents the members' queries match (cosine >= the floor) that the app's retriever
+    never returned for them, best first: by queries matched, then mean score. A document matched
+    by fewer than `rag_candidate_min_share` of the members is a neighbour, not the answer."""
+    retrieved = {
+        str(s.get("source_id"))
+        for m in data.members
+        for s in m.sources
+        if isinstance(s, dict) and s.get("source_id")
+    }
+    matches: dict[str, list[CorpusHit]] = {}
+    for m in data.members:
+        best: dict[str, CorpusHit] = {}
+        for hit in m.corpus_hits:
+            if hit.score < data.rag_match_floor or hit.doc_id in retrieved:
+                continue
+            if hit.doc_id not in best or hit.score > best[hit.doc_id].score:
+                best[hit.doc_id] = hit
+        for doc_id, hit in best.items():
+            matches.setdefault(doc_id, []).append(hit)
+    least = max(1, int(np.ceil(data.rag_candidate_min_share * len(data.members))))
+    ranked = sorted(
+        (
+            (len(hits), float(np.mean([h.score for h in hits])), doc_id, hits)
+            for doc_id, hits in matches.items()
+            if len(hits) >= least
+        ),
+        key=lambda r: (-r[0], -r[1], r[2]),
+    )
+    out = []
+    for n, mean, doc_id, hits in ranked[: data.rag_max_candidates]:
+        top = max(hits, key=lambda h: (h.score, -h.chunk_id))
+        out.append(
+            RagCandidate(
+                doc_id=doc_id,
+                title=top.title,
+                heading=top.heading,
+                score=round(mean, 3),
+                best_score=round(top.score, 3),
+                matched_queries=n,
+                snippet=top.snippet,
+            )
+        )
+    return out
+
+
+def distinct_questions(members: list[MemberEvidence], merge_similarity: float) -> list[str]:
+    """Member queries in order, a query dropped when one kept before is the same text or its
+    embedding is at least `merge_similarity` (cosine) to it."""
+    kept: list[str] = []
+    kept_vectors: list[np.ndarray] = []
+    seen: set[str] = set()
+    for m in members:
+        key = normalize_query(m.query)
+        if key in seen:
+            continue
+        if (
+            m.vector is not None
+            and kept_vectors
+            and float(np.max(np.stack(kept_vectors) @ m.vector)) >= merge_similarity
+        ):
+            continue
+        seen.add(key)
+        kept.append(m.query)
+        if m.vector is not None:
+            kept_vectors.append(m.vector)
+    return kept
+
+
+def missing_document(data: DraftInput, topic: str) -> MissingDocument:
+    facts = list(dict.fromkeys(answer for _, answer in target_answers(data.members).values()))
+    title = data.evidence.title or f"{topic[:1].upper()}{topic[1:]}: what customers ask"
+    return MissingDocument(
+        title=title,
+        questions=distinct_questions(data.members, data.question_merge_similarity)[:20],
+        corrected_facts=facts[:20],
     )
 
 

@@ -384,3 +384,36 @@ class RefinementImpact(Base):
     computed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Set when the regression alert was written to the outbox: alerted once.
     alerted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Corpus(Base):
+    """An app's candidate corpus (refinery.corpus): documents it could add to its retrieval index.
+    `version` grows with every registration; the in-memory FAISS index is cached per version."""
+
+    __tablename__ = "corpora"
+
+    app_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class CorpusChunk(Base):
+    """One chunk of a candidate document with its vector (float32, L2-normalized, `model`)."""
+
+    __tablename__ = "corpus_chunks"
+    __table_args__ = (
+        UniqueConstraint("app_id", "doc_id", "chunk_index", name="uq_corpus_chunks_doc_chunk"),
+        Index("ix_corpus_chunks_app_model", "app_id", "model"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    app_id: Mapped[str] = mapped_column(String(64))
+    doc_id: Mapped[str] = mapped_column(String(200))
+    title: Mapped[str] = mapped_column(Text)
+    heading: Mapped[str] = mapped_column(Text)
+    chunk_index: Mapped[int] = mapped_column(Integer)
+    text: Mapped[str] = mapped_column(Text)
+    model: Mapped[str] = mapped_column(String(200))
+    dim: Mapped[int] = mapped_column(Integer)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
