@@ -330,20 +330,15 @@ def cmd_review(settings: Settings, args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from refinery.review import render
-    from refinery.review.actions import InvalidEdit, approve, edit_proposal, mark_applied
+    from refinery.review.decisions import act
+    from refinery.review.errors import InvalidEdit, ProposalNotFound, Refused
     from refinery.review.service import (
-        DecisionConflict,
         ProposalFilter,
-        ProposalNotFound,
-        TransitionRefused,
-        claim,
         claim_filter,
         describe_state,
         get_proposal,
         list_page,
         proposal_history,
-        reject,
-        release,
     )
 
     if args.review_cmd == "list" and args.mine and not args.actor:
@@ -387,31 +382,28 @@ def cmd_review(settings: Settings, args: argparse.Namespace) -> int:
             return 0
         actor = args.actor
         if args.review_cmd == "claim":
-            if args.release:
-                row = release(sessions, args.id, actor=actor, force=args.force)
-            else:
-                row = claim(sessions, args.id, actor=actor, assignee=args.to, force=args.force)
+            row = act(
+                sessions,
+                args.id,
+                "release" if args.release else "claim",
+                actor=actor,
+                topic=settings.topic_approved,
+                assignee=args.to,
+                force=args.force,
+            )
             holder = f"claimed by {row.claimed_by}" if row.claimed_by else "unclaimed"
             print(f"{row.id}: {row.status} (version {row.version}), {holder}")
             return 0
-        if args.review_cmd == "approve":
-            row = approve(sessions, args.id, actor=actor, topic=settings.topic_approved, comment=args.comment,
-                          expected_version=args.version)
-        elif args.review_cmd == "applied":
-            row = mark_applied(
-                sessions, args.id, actor=actor, comment=args.comment, expected_version=args.version
-            )
-        elif args.review_cmd == "edit":
-            row = edit_proposal(
-                sessions,
-                args.id,
-                actor=actor,
-                edit=_artifact_edit(args),
-                comment=args.comment,
-                expected_version=args.version,
-            )
-        else:
-            row = reject(sessions, args.id, actor=actor, comment=args.comment, expected_version=args.version)
+        row = act(
+            sessions,
+            args.id,
+            args.review_cmd,
+            actor=actor,
+            topic=settings.topic_approved,
+            comment=args.comment,
+            expected_version=args.version,
+            edit=_artifact_edit(args) if args.review_cmd == "edit" else None,
+        )
         print(f"{row.id}: {row.status} (version {row.version}) by {actor}")
         return 0
     except ProposalNotFound as exc:
@@ -420,7 +412,7 @@ def cmd_review(settings: Settings, args: argparse.Namespace) -> int:
     except (InvalidEdit, ValidationError, OSError) as exc:
         print(f"invalid: {exc}", file=sys.stderr)
         return 2
-    except (DecisionConflict, TransitionRefused) as exc:
+    except Refused as exc:
         with sessions() as session:
             state = describe_state(get_proposal(session, args.id))
         print(f"refused: {exc}. {state}", file=sys.stderr)
@@ -429,7 +421,7 @@ def cmd_review(settings: Settings, args: argparse.Namespace) -> int:
 
 def _artifact_edit(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     """`review edit` options -> ArtifactEdit (files are read as UTF-8; the dataset as JSONL)."""
-    from refinery.review.actions import ArtifactEdit, DatasetRow
+    from refinery.review.edits import ArtifactEdit, DatasetRow
 
     fields: dict[str, object] = {}
     if args.proposed_text_file:

@@ -33,8 +33,7 @@ from refinery.api.routes.apps import router as apps_router
 from refinery.api.tokens import PrincipalCache
 from refinery.collector.otlp import router as otlp_router
 from refinery.collector.router import router as collector_router
-from refinery.review.actions import InvalidEdit
-from refinery.review.service import ProposalNotFound
+from refinery.review.errors import InvalidEdit, ProposalNotFound
 from refinery.settings import Settings
 from refinery.store.db import session_factory
 

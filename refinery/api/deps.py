@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from refinery.api.ratelimit import BEARER, client_of, limiter_for
 from refinery.api.tokens import Principal, PrincipalCache, Role, authenticate, hash_token
-from refinery.review.actions import audit_forbidden
+from refinery.review.decisions import audit_forbidden
 from refinery.settings import Settings
 
 PROPOSAL_ID_PATTERN = r"^[A-Za-z0-9_-]{1,40}$"

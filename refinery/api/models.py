@@ -13,7 +13,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from refinery.api.tokens import NAME_PATTERN, Role
-from refinery.review.actions import BULK_MAX_ITEMS, ArtifactEdit, CleanText
+from refinery.review.decisions import BULK_MAX_ITEMS
+from refinery.review.edits import ArtifactEdit, CleanText
 from refinery.review.figures import EvidenceFigures, TrendFigures
 from schemas.proposals import (
     Evidence,

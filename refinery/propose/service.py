@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 
 import numpy as np
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from refinery.cluster.trends import growth
@@ -25,6 +25,7 @@ from refinery.ops.metrics import PROPOSALS, after_commit
 from refinery.propose.drafters import ChatDrafter, Drafter, make_drafter
 from refinery.propose.drafting import DraftInput, MemberEvidence, draft
 from refinery.propose.topics import TopicVectors, group_same_topic
+from refinery.review.decisions import system_transition
 from refinery.review.transitions import record_audit
 from refinery.settings import Settings
 from refinery.store.models import (
@@ -34,7 +35,6 @@ from refinery.store.models import (
     Feedback,
     Interaction,
     ProposalRow,
-    utcnow,
 )
 from refinery.store.prompts import current_prompt
 from schemas.proposals import (
@@ -121,19 +121,14 @@ def _propose(
             ProposalRow.app_id == app_id, ProposalRow.status == ProposalStatus.PENDING
         )
     ):
-        if (row.cluster_id, row.kind) not in produced and _guarded_update(
-            session, row, status=ProposalStatus.SUPERSEDED
+        if (row.cluster_id, row.kind) not in produced and system_transition(
+            session,
+            row,
+            actor=SYSTEM_ACTOR,
+            action="supersede",
+            detail="its cluster was merged or retired, or the evidence changed",
+            status=ProposalStatus.SUPERSEDED,
         ):
-            record_audit(
-                session,
-                row.id,
-                SYSTEM_ACTOR,
-                "supersede",
-                "pending",
-                "superseded",
-                "ok",
-                "its cluster was merged or retired, or the evidence changed",
-            )
             result.superseded.append(row.id)
             transitions[(row.kind, ProposalStatus.SUPERSEDED)] += 1
     session.flush()
@@ -145,24 +140,6 @@ def _propose(
 
     # Counted when the caller commits: a pass that rolls back (and is retried) created nothing.
     after_commit(session, count)
-
-
-def _guarded_update(session: Session, row: ProposalRow, **values: object) -> bool:
-    """Change a pending proposal only if nobody else changed it since it was read: the proposer
-    must never overwrite a reviewer's concurrent decision (same rule as review decisions)."""
-    won = session.execute(
-        update(ProposalRow)
-        .where(
-            ProposalRow.id == row.id,
-            ProposalRow.version == row.version,
-            ProposalRow.status == ProposalStatus.PENDING,
-        )
-        .values(**values, version=row.version + 1, updated_at=utcnow())
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    if won == 1:
-        session.refresh(row)
-    return won == 1
 
 
 def _edited_by_a_reviewer(session: Session, proposal_id: str) -> bool:
@@ -352,25 +329,18 @@ def _upsert(
             result.unchanged.append(open_row.id)
             return
         proposal = word(proposal)
-        if not _guarded_update(
+        if not system_transition(
             session,
             open_row,
+            actor=SYSTEM_ACTOR,
+            action="refresh",
+            detail="evidence changed",
             payload=proposal.model_dump(mode="json"),
             fingerprint=fingerprint,
             title=proposal.title,
         ):
             result.unchanged.append(open_row.id)  # a reviewer decided it meanwhile
             return
-        record_audit(
-            session,
-            open_row.id,
-            SYSTEM_ACTOR,
-            "refresh",
-            "pending",
-            "pending",
-            "ok",
-            "evidence changed",
-        )
         result.updated.append(open_row.id)
         return
     decided = session.scalar(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
+from refinery.review.errors import TransitionRefused
 from refinery.store.models import AuditEntry
 from schemas.proposals import ProposalStatus as S
 
@@ -17,11 +18,8 @@ ALLOWED: dict[str, set[str]] = {
 }
 
 
-class TransitionRefused(Exception):
-    """The proposal is not in a state that allows this action (HTTP 409)."""
-
-
 def check_transition(current: str, target: str) -> None:
+    """TransitionRefused unless the state machine allows current -> target."""
     if target not in ALLOWED.get(current, set()):
         allowed = ", ".join(sorted(ALLOWED.get(current, set()))) or "nothing"
         raise TransitionRefused(

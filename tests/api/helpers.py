@@ -9,7 +9,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from refinery.review.actions import prompt_diff
+from refinery.review.edits import prompt_diff
 from refinery.review.transitions import record_audit
 from refinery.store.models import ProposalRow
 from refinery.store.prompts import set_prompt

@@ -197,7 +197,7 @@ def test_relay_health_follows_its_database_and_counts_published_rows(
     )
     migrate(postgres_url)
     sessions = session_factory(postgres_url)
-    from refinery.review.actions import approve
+    from refinery.review.decisions import approve
 
     for _ in range(3):
         approve(

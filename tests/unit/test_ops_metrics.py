@@ -108,7 +108,9 @@ def test_proposals_are_counted_when_the_pass_commits_not_when_it_rolls_back(sess
 
 
 def test_review_decisions_and_status_changes_counted_once_per_attempt(sessions) -> None:
-    from refinery.review import actions, service
+    from refinery.review import decisions as review
+    from refinery.review import errors
+    from refinery.review.edits import ArtifactEdit
     from tests.api.helpers import insert_proposal
 
     def decisions(decision: str, outcome: str) -> Callable[[], float]:
@@ -125,25 +127,25 @@ def test_review_decisions_and_status_changes_counted_once_per_attempt(sessions) 
         for s in ("approved", "applied", "rejected")
     }
     proposal = insert_proposal(sessions, "rag_source")
-    actions.edit_proposal(
+    review.edit_proposal(
         sessions,
         proposal,
         actor="ann",
-        edit=actions.ArtifactEdit(topic="earbuds"),
+        edit=ArtifactEdit(topic="earbuds"),
         expected_version=1,
     )
-    with pytest.raises(service.DecisionConflict):  # an outdated version: someone else won
-        actions.approve(sessions, proposal, actor="bob", topic="t", expected_version=1)
-    actions.approve(sessions, proposal, actor="ann", topic="t", expected_version=2)
-    with pytest.raises(service.TransitionRefused):  # approved cannot be rejected
-        service.reject(sessions, proposal, actor="bob")
-    actions.mark_applied(sessions, proposal, actor="downstream")
+    with pytest.raises(errors.DecisionConflict):  # an outdated version: someone else won
+        review.approve(sessions, proposal, actor="bob", topic="t", expected_version=1)
+    review.approve(sessions, proposal, actor="ann", topic="t", expected_version=2)
+    with pytest.raises(errors.TransitionRefused):  # approved cannot be rejected
+        review.reject(sessions, proposal, actor="bob")
+    review.mark_applied(sessions, proposal, actor="downstream")
     assert (edited(), conflict(), approved(), invalid()) == (1, 1, 1, 1)
     assert {s: read() for s, read in status.items()} == {"approved": 1, "applied": 1, "rejected": 0}
 
 
 def test_relay_counts_published_rows_and_sets_the_backlog(sessions) -> None:
-    from refinery.review.actions import approve
+    from refinery.review.decisions import approve
     from refinery.review.relay import relay_once
     from tests.api.helpers import insert_proposal
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from refinery.propose.service import _guarded_update
-from refinery.review.service import DecisionConflict, approve
+from refinery.review.decisions import approve, transition
+from refinery.review.errors import DecisionConflict
 from refinery.store.db import migrate, session_factory
 from refinery.store.models import AuditEntry, OutboxRow, ProposalRow
 from refinery.store.prompts import current_prompt, set_prompt
@@ -21,17 +21,31 @@ from schemas.proposals import (
 
 def _prompt_edit_row(base_version: str, base_text: str) -> ProposalRow:
     proposal = SystemPromptEditProposal(
-        app_id="shop", cluster_id="c1", title="t", rationale="r",
+        app_id="shop",
+        cluster_id="c1",
+        title="t",
+        rationale="r",
         evidence=Evidence(cluster_id="c1", label="l", keywords=["k"], size=5, examples=[]),
         artifact=SystemPromptEdit(
-            prompt_name="main", base_version=base_version, base_text=base_text,
-            proposed_text=base_text + "Be brief.\n", instruction="Be brief.",
+            prompt_name="main",
+            base_version=base_version,
+            base_text=base_text,
+            proposed_text=base_text + "Be brief.\n",
+            instruction="Be brief.",
             diff=prompt_diff("main", base_version, base_text, base_text + "Be brief.\n"),
         ),
     )
-    return ProposalRow(id="p1", app_id="shop", cluster_id="c1", kind=proposal.kind.value,
-                       status="pending", version=1, title="t", payload=proposal.model_dump(mode="json"),
-                       fingerprint="f")
+    return ProposalRow(
+        id="p1",
+        app_id="shop",
+        cluster_id="c1",
+        kind=proposal.kind.value,
+        status="pending",
+        version=1,
+        title="t",
+        payload=proposal.model_dump(mode="json"),
+        fingerprint="f",
+    )
 
 
 @pytest.fixture
@@ -75,7 +89,7 @@ def test_the_proposer_does_not_overwrite_a_decision_it_did_not_see(sessions):
         with sessions.begin() as reviewer:  # ... a reviewer rejects it meanwhile ...
             row = reviewer.get(ProposalRow, "p1")
             row.status, row.version = "rejected", 2
-        assert not _guarded_update(proposer, stale, status="superseded")  # ... the proposer loses
+        assert not transition(proposer, stale, status="superseded")  # ... the proposer loses
         proposer.commit()
     with sessions() as session:
         assert session.get(ProposalRow, "p1").status == "rejected"

@@ -37,14 +37,10 @@ from refinery.api.models import (
     ProposalUpdate,
 )
 from refinery.api.tokens import NAME_PATTERN, Principal, Role
-from refinery.review import actions, service
-from refinery.review.service import (
-    SEARCH_MAX_CHARS,
-    DecisionConflict,
-    ProposalFilter,
-    ProposalNotFound,
-)
-from refinery.review.transitions import TransitionRefused
+from refinery.review import decisions, service
+from refinery.review.edits import ArtifactEdit
+from refinery.review.errors import InvalidEdit, ProposalNotFound, Refused
+from refinery.review.service import SEARCH_MAX_CHARS, ProposalFilter
 from schemas.events import AppId
 from schemas.proposals import ProposalKind, ProposalStatus
 
@@ -197,7 +193,7 @@ def bulk_decide(
         reason = f"needs role reviewer or above; this token is {principal.role}"
         target = "approved" if body.action == "approve" else "rejected"
         for proposal_id in ids:
-            actions.audit_forbidden(
+            decisions.audit_forbidden(
                 sessions,
                 proposal_id,
                 actor=principal.name,
@@ -206,7 +202,7 @@ def bulk_decide(
                 reason=reason,
             )
         raise HTTPException(403, reason)
-    outcomes = actions.bulk_decide(
+    outcomes = decisions.bulk_decide(
         sessions,
         body.action,
         [(item.id, item.expected_version) for item in body.proposals],
@@ -320,11 +316,11 @@ def edit_proposal(
     `proposed_text` (system_prompt_edit; the diff is recomputed), `topic` /
     `representative_queries` / `must_cover` (rag_source), `rows` (fine_tune_dataset). The edit
     bumps the version and is recorded, with a diff, in the audit log."""
-    edit = actions.ArtifactEdit.model_validate(
-        body.model_dump(include=set(actions.ArtifactEdit.model_fields), exclude_unset=True)
+    edit = ArtifactEdit.model_validate(
+        body.model_dump(include=set(ArtifactEdit.model_fields), exclude_unset=True)
     )
     try:
-        actions.edit_proposal(
+        decisions.edit_proposal(
             sessions,
             proposal_id,
             actor=principal.name,
@@ -332,7 +328,7 @@ def edit_proposal(
             expected_version=body.expected_version,
             comment=body.comment,
         )
-    except (DecisionConflict, TransitionRefused) as exc:
+    except Refused as exc:
         return _conflict(sessions, proposal_id, exc)
     return _detail(sessions, proposal_id)
 
@@ -350,7 +346,7 @@ def approve_proposal(
     """pending -> approved. In the same transaction: the outbox row that `refinery relay`
     publishes downstream, and for a system prompt edit, the prompt registry's new version."""
     try:
-        actions.approve(
+        decisions.approve(
             sessions,
             proposal_id,
             actor=principal.name,
@@ -358,7 +354,7 @@ def approve_proposal(
             comment=body.comment,
             expected_version=body.expected_version,
         )
-    except (DecisionConflict, TransitionRefused) as exc:
+    except Refused as exc:
         return _conflict(sessions, proposal_id, exc)
     return _detail(sessions, proposal_id)
 
@@ -372,14 +368,14 @@ def reject_proposal(
 ) -> Any:
     """pending -> rejected."""
     try:
-        service.reject(
+        decisions.reject(
             sessions,
             proposal_id,
             actor=principal.name,
             comment=body.comment,
             expected_version=body.expected_version,
         )
-    except (DecisionConflict, TransitionRefused) as exc:
+    except Refused as exc:
         return _conflict(sessions, proposal_id, exc)
     return _detail(sessions, proposal_id)
 
@@ -395,14 +391,14 @@ def mark_applied(
     acknowledges that the refinement is live. The body is optional."""
     body = body or AppliedAck()
     try:
-        actions.mark_applied(
+        decisions.mark_applied(
             sessions,
             proposal_id,
             actor=principal.name,
             comment=body.comment,
             expected_version=body.expected_version,
         )
-    except (DecisionConflict, TransitionRefused) as exc:
+    except Refused as exc:
         return _conflict(sessions, proposal_id, exc)
     return _detail(sessions, proposal_id)
 
@@ -426,14 +422,14 @@ def claim_proposal(
     changes neither the artifact nor the status). The body is optional."""
     body = body or ClaimRequest()
     try:
-        service.claim(
+        decisions.claim(
             sessions,
             proposal_id,
             actor=principal.name,
             assignee=body.assignee,
             force=body.force,
         )
-    except (DecisionConflict, TransitionRefused) as exc:
+    except Refused as exc:
         return _conflict(sessions, proposal_id, exc)
     return _detail(sessions, proposal_id)
 
@@ -447,8 +443,8 @@ def release_proposal(
 ) -> Any:
     """Drop your claim (someone else's with `force`, else 409 naming them)."""
     try:
-        service.release(sessions, proposal_id, actor=principal.name, force=force)
-    except (DecisionConflict, TransitionRefused) as exc:
+        decisions.release(sessions, proposal_id, actor=principal.name, force=force)
+    except Refused as exc:
         return _conflict(sessions, proposal_id, exc)
     return _detail(sessions, proposal_id)
 
@@ -457,7 +453,7 @@ def not_found_handler(_request: Any, exc: ProposalNotFound) -> JSONResponse:
     return JSONResponse({"detail": str(exc.args[0]) if exc.args else "not found"}, status_code=404)
 
 
-def invalid_edit_handler(_request: Any, exc: actions.InvalidEdit) -> JSONResponse:
+def invalid_edit_handler(_request: Any, exc: InvalidEdit) -> JSONResponse:
     # Shaped like FastAPI's own 422s, so clients parse one format; loc names the row and field.
     return JSONResponse(
         {"detail": [{"loc": ["body", *exc.loc], "msg": exc.message, "type": "value_error"}]},

@@ -46,15 +46,11 @@ from refinery.api.tokens import (
     open_ui_session,
     ui_session_principal,
 )
-from refinery.review import actions, service
+from refinery.review import decisions, service
+from refinery.review.edits import ArtifactEdit, CleanText, DatasetRow
+from refinery.review.errors import InvalidEdit, ProposalNotFound, Refused
 from refinery.review.figures import fold
-from refinery.review.service import (
-    SEARCH_MAX_CHARS,
-    DecisionConflict,
-    ProposalFilter,
-    ProposalNotFound,
-)
-from refinery.review.transitions import TransitionRefused
+from refinery.review.service import SEARCH_MAX_CHARS, ProposalFilter
 from refinery.settings import Settings
 from schemas.events import AppId
 from schemas.proposals import ProposalKind, ProposalStatus
@@ -369,7 +365,7 @@ def _queue_page(
 @dataclass(frozen=True)
 class BulkReport:
     action: str
-    outcomes: list[actions.BulkOutcome]
+    outcomes: list[decisions.BulkOutcome]
     error: str | None = None  # the request as a whole was refused
 
     @property
@@ -377,7 +373,7 @@ class BulkReport:
         return sum(o.error is None for o in self.outcomes)
 
     @property
-    def refused(self) -> list[actions.BulkOutcome]:
+    def refused(self) -> list[decisions.BulkOutcome]:
         return [o for o in self.outcomes if o.error is not None]
 
 
@@ -404,9 +400,9 @@ async def bulk(
     through the single-decision path; the list comes back saying what happened to each."""
     raw = (await request.body()).decode("utf-8", "replace")
     try:
-        pairs = parse_qsl(raw, keep_blank_values=True, max_num_fields=actions.BULK_MAX_ITEMS + 10)
+        pairs = parse_qsl(raw, keep_blank_values=True, max_num_fields=decisions.BULK_MAX_ITEMS + 10)
     except ValueError:  # more fields than a page of proposals
-        message = f"At most {actions.BULK_MAX_ITEMS} proposals at once."
+        message = f"At most {decisions.BULK_MAX_ITEMS} proposals at once."
         return render("error.html", 422, title="Too many", message=message, user=user)
     form = {k: v.replace("\r\n", "\n") for k, v in pairs}
     if _cross_site(request) or not hmac.compare_digest(form.get("csrf", ""), user.csrf):
@@ -438,17 +434,17 @@ def _bulk(
         picks = _picks([v for k, v in pairs if k == "pick"])
         comment = form.get("comment", "").strip() or None
         if comment is not None:
-            comment = TypeAdapter(actions.CleanText).validate_python(comment[:4000])
+            comment = TypeAdapter(CleanText).validate_python(comment[:4000])
     except (ValueError, ValidationError) as exc:
         return refused(422, f"Invalid bulk request: {exc}")
     if not picks:
         return refused(422, "Select at least one pending proposal.")
-    if len(picks) > actions.BULK_MAX_ITEMS:
-        return refused(422, f"At most {actions.BULK_MAX_ITEMS} proposals at once.")
+    if len(picks) > decisions.BULK_MAX_ITEMS:
+        return refused(422, f"At most {decisions.BULK_MAX_ITEMS} proposals at once.")
     if not user.can_review:
         reason = f"needs role reviewer or above; this token is {user.principal.role}"
         for proposal_id, _ in picks:
-            actions.audit_forbidden(
+            decisions.audit_forbidden(
                 sessions,
                 proposal_id,
                 actor=user.principal.name,
@@ -457,7 +453,7 @@ def _bulk(
                 reason=reason,
             )
         return refused(403, f"Not allowed: {reason}.")
-    outcomes = actions.bulk_decide(
+    outcomes = decisions.bulk_decide(
         sessions,
         "approve" if action == "approve" else "reject",
         picks,
@@ -560,11 +556,11 @@ def _lines(text: str) -> list[str]:
     return [line.strip() for line in text.split("\n") if line.strip()]
 
 
-def _edit_from_form(kind: str, form: dict[str, str]) -> actions.ArtifactEdit:
+def _edit_from_form(kind: str, form: dict[str, str]) -> ArtifactEdit:
     if kind == ProposalKind.SYSTEM_PROMPT_EDIT:
-        return actions.ArtifactEdit(proposed_text=form.get("proposed_text", ""))
+        return ArtifactEdit(proposed_text=form.get("proposed_text", ""))
     if kind == ProposalKind.RAG_SOURCE:
-        return actions.ArtifactEdit(
+        return ArtifactEdit(
             topic=form.get("topic", "").strip(),
             representative_queries=_lines(form.get("representative_queries", "")),
             must_cover=_lines(form.get("must_cover", "")),
@@ -574,63 +570,53 @@ def _edit_from_form(kind: str, form: dict[str, str]) -> actions.ArtifactEdit:
         if not line.strip():
             continue
         try:
-            rows.append(actions.DatasetRow.model_validate_json(line))
+            rows.append(DatasetRow.model_validate_json(line))
         except ValidationError as exc:
-            raise actions.InvalidEdit(
+            raise InvalidEdit(
                 "rows", f"line {number} is not a valid chat row: {exc.errors()[0]['msg']}"
             ) from exc
-    return actions.ArtifactEdit(rows=rows)
+    return ArtifactEdit(rows=rows)
 
 
 def _act(
     sessions: sessionmaker[Session],
     settings: Settings,
     proposal_id: str,
-    action: str,
+    action: decisions.Action,
     actor: str,
     form: dict[str, str],
 ) -> None:
-    if action == "claim":
-        service.claim(sessions, proposal_id, actor=actor, force=bool(form.get("force")))
-        return
-    if action == "release":
-        service.release(sessions, proposal_id, actor=actor, force=bool(form.get("force")))
+    if action in ("claim", "release"):
+        decisions.act(
+            sessions,
+            proposal_id,
+            action,
+            actor=actor,
+            topic=settings.topic_approved,
+            force=bool(form.get("force")),
+        )
         return
     comment = form.get("comment", "").strip() or None
     if comment is not None:
-        comment = TypeAdapter(actions.CleanText).validate_python(comment[:4000])
+        comment = TypeAdapter(CleanText).validate_python(comment[:4000])
     try:
         version = int(form.get("version", ""))
     except ValueError as exc:
-        raise actions.InvalidEdit("version", "missing; reload the page") from exc
-    if action == "approve":
-        actions.approve(
-            sessions,
-            proposal_id,
-            actor=actor,
-            topic=settings.topic_approved,
-            comment=comment,
-            expected_version=version,
-        )
-    elif action == "reject":
-        service.reject(
-            sessions, proposal_id, actor=actor, comment=comment, expected_version=version
-        )
-    elif action == "applied":
-        actions.mark_applied(
-            sessions, proposal_id, actor=actor, comment=comment, expected_version=version
-        )
-    else:
+        raise InvalidEdit("version", "missing; reload the page") from exc
+    edit = None
+    if action == "edit":
         with sessions() as session:
-            kind = service.get_proposal(session, proposal_id).kind
-        actions.edit_proposal(
-            sessions,
-            proposal_id,
-            actor=actor,
-            edit=_edit_from_form(kind, form),
-            expected_version=version,
-            comment=comment,
-        )
+            edit = _edit_from_form(service.get_proposal(session, proposal_id).kind, form)
+    decisions.act(
+        sessions,
+        proposal_id,
+        action,
+        actor=actor,
+        topic=settings.topic_approved,
+        comment=comment,
+        expected_version=version,
+        edit=edit,
+    )
 
 
 def _state(sessions: sessionmaker[Session], proposal_id: str) -> str:
@@ -673,7 +659,7 @@ async def proposal_action(
     if not user.can_review:
         reason = f"needs role reviewer or above; this token is {user.principal.role}"
         await run_in_threadpool(
-            actions.audit_forbidden,
+            decisions.audit_forbidden,
             sessions,
             proposal_id,
             actor=user.principal.name,
@@ -692,12 +678,12 @@ async def proposal_action(
         return render(
             "error.html", 404, title="Not found", message=f"No proposal {proposal_id}.", user=user
         )
-    except (DecisionConflict, TransitionRefused) as exc:
+    except Refused as exc:
         state = await run_in_threadpool(_state, sessions, proposal_id)
         return _detail_page(
             sessions, proposal_id, user, status_code=409, error=f"{exc}. {state}", submitted=form
         )
-    except actions.InvalidEdit as exc:
+    except InvalidEdit as exc:
         return _detail_page(
             sessions, proposal_id, user, status_code=422, error=str(exc), submitted=form
         )
