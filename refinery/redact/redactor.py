@@ -52,7 +52,6 @@ _MAX_ROUNDS = 8
 
 _NAME_RE = re.compile(r"[A-Z][A-Z0-9_]*")
 _DIGITS_RE = re.compile(r"[0-9]+")
-_ANY_DIGIT_RE = re.compile(r"[0-9]")
 
 # Kinds whose values end in digits, as far as the "inside a run of digit groups" guards go.
 _DIGITISH = (IBAN, CARD, SSN, IP, PHONE)
@@ -86,8 +85,9 @@ class _Rule:
 class _Detector:
     kind: str
     rules: tuple[_Rule, ...]
-    # Cheap test that the text could hold this kind at all; skips the scan when it cannot.
-    may_contain: Callable[[str], bool]
+    # What any text holding this kind must contain (a necessary condition, a regex cheap to
+    # search); the rules are not run on a text without it. None: always run them.
+    gate: str | None
     # Extra patterns are user-written and may match placeholder text; built-ins cannot.
     guard_placeholders: bool = False
 
@@ -368,23 +368,35 @@ def _trunk_end(m: re.Match[str]) -> int | None:
     return m.end() if lo <= n <= hi else None
 
 
-def _has_digit(text: str) -> bool:
-    return _ANY_DIGIT_RE.search(text) is not None
+# Gates (see _Detector.gate), each implied by its kind's rules and validators:
+_GATES: Mapping[str, str] = {
+    SECRET: _SECRET_HINT_RE.pattern,
+    EMAIL: "@",
+    IBAN: r"[A-Za-z]{2}[0-9]{2}",
+    CARD: r"[0-9](?:[ -]?[0-9]){12}",  # 13 digits, single separators at most between them
+    SSN: r"[0-9]{3}[ -][0-9]{2}[ -][0-9]{4}",
+    IP: r"[0-9]\.[0-9]|:",  # a dotted quad, or IPv6's colons
+    PHONE: r"[0-9](?:[^0-9]*+[0-9]){7}",  # 8 digits: the fewest any phone rule accepts
+    # A house number (up to "12345B-12345"), a space and a capital; a postcode's " 1AA".
+    ADDRESS: r"[0-9][0-9A-Za-z-]{0,11},?[ \t]{1,2}[A-Z]|\ [0-9][A-Z]{2}",
+    NAME: _NAME_HINT_RE.pattern,
+}
+# Kinds whose gate cannot pass on a text without one of these characters.
+_TRIGGER_RE = re.compile(r"[0-9@:]")
+_NEEDS_TRIGGER = frozenset({EMAIL, IBAN, CARD, SSN, IP, PHONE, ADDRESS})
 
 
 _BUILTIN_DETECTORS: Mapping[str, _Detector] = {
     SECRET: _Detector(
         SECRET,
         (_Rule(_SECRET_KEY_RE, _secret_end), _Rule(_BEARER_RE), _Rule(_PEM_RE)),
-        lambda t: _SECRET_HINT_RE.search(t) is not None,
+        _GATES[SECRET],
     ),
-    EMAIL: _Detector(EMAIL, (_Rule(_EMAIL_RE),), lambda t: "@" in t),
-    IBAN: _Detector(IBAN, (_Rule(_IBAN_RE, _iban_end),), _has_digit),
-    CARD: _Detector(CARD, (_Rule(_CARD_RE, _card_end),), _has_digit),
-    SSN: _Detector(SSN, (_Rule(_SSN_RE),), _has_digit),
-    IP: _Detector(
-        IP, (_Rule(_IPV4_RE), _Rule(_IPV6_RE, _ipv6_end)), lambda t: "." in t or ":" in t
-    ),
+    EMAIL: _Detector(EMAIL, (_Rule(_EMAIL_RE),), _GATES[EMAIL]),
+    IBAN: _Detector(IBAN, (_Rule(_IBAN_RE, _iban_end),), _GATES[IBAN]),
+    CARD: _Detector(CARD, (_Rule(_CARD_RE, _card_end),), _GATES[CARD]),
+    SSN: _Detector(SSN, (_Rule(_SSN_RE),), _GATES[SSN]),
+    IP: _Detector(IP, (_Rule(_IPV4_RE), _Rule(_IPV6_RE, _ipv6_end)), _GATES[IP]),
     PHONE: _Detector(
         PHONE,
         (
@@ -392,14 +404,10 @@ _BUILTIN_DETECTORS: Mapping[str, _Detector] = {
             _Rule(_PHONE_NANP_RE),
             _Rule(_PHONE_TRUNK_RE, _trunk_end),
         ),
-        _has_digit,
+        _GATES[PHONE],
     ),
-    ADDRESS: _Detector(ADDRESS, (_Rule(_ADDRESS_RE), _Rule(_POSTCODE_RE)), _has_digit),
-    NAME: _Detector(
-        NAME,
-        (_Rule(_NAME_AFTER_RE), _Rule(_NAME_SPEAKING_RE)),
-        lambda t: _NAME_HINT_RE.search(t) is not None,
-    ),
+    ADDRESS: _Detector(ADDRESS, (_Rule(_ADDRESS_RE), _Rule(_POSTCODE_RE)), _GATES[ADDRESS]),
+    NAME: _Detector(NAME, (_Rule(_NAME_AFTER_RE), _Rule(_NAME_SPEAKING_RE)), _GATES[NAME]),
 }
 
 
@@ -503,9 +511,15 @@ class Redactor:
         detectors = [_BUILTIN_DETECTORS[k] for k in BUILTIN_KINDS if k in wanted]
         for spec in extra_patterns:
             name, regex = _parse_extra(spec)
-            detectors.append(_Detector(name, (_Rule(regex),), lambda t: True, True))
+            detectors.append(_Detector(name, (_Rule(regex),), None, True))
         self.enabled = enabled
         self._detectors: tuple[_Detector, ...] = tuple(detectors)
+        # Per detector, its gate's search (None: no gate), and whether that gate needs one of
+        # [0-9@:]: most text has none of them, and then one scan skips all those detectors.
+        self._gates = tuple(
+            (None if d.gate is None else re.compile(d.gate).search, d.kind in _NEEDS_TRIGGER)
+            for d in detectors
+        )
         self.kinds: tuple[str, ...] = tuple(dict.fromkeys(d.kind for d in detectors))
         names = sorted(set(self.kinds) | set(BUILTIN_KINDS), key=len, reverse=True)
         self._placeholders = tuple(f"<{name}>" for name in names)
@@ -542,8 +556,9 @@ class Redactor:
 
     def _round(self, text: str, counts: dict[str, int]) -> tuple[str, bool]:
         changed = False
-        for detector in self._detectors:
-            if not detector.may_contain(text):
+        plain = _TRIGGER_RE.search(text) is None
+        for detector, (gate, needs_trigger) in zip(self._detectors, self._gates, strict=True):
+            if (plain and needs_trigger) or (gate is not None and gate(text) is None):
                 continue
             protected: list[tuple[int, int]] = []
             if detector.guard_placeholders and "<" in text:
