@@ -103,12 +103,12 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     # per-process files would be summed into this run's counters.
     clear_multiprocess_dir()
     install_worker_hooks(settings)  # health from worker_init; pool children's files marked dead
-    from workers.celery_app import app
+    from refinery.dispatch import dispatcher
 
     argv = ["worker", "--loglevel", args.loglevel, "--queues", args.queues, "--pool", args.pool]
     if args.concurrency:
         argv += ["--concurrency", str(args.concurrency)]
-    app.worker_main(argv)
+    dispatcher(settings).main(argv)
     return 0
 
 
@@ -116,12 +116,14 @@ def cmd_beat(settings: Settings, args: argparse.Namespace) -> int:
     if settings.celery_eager:
         print("refinery beat needs REDIS_URL", file=sys.stderr)
         return 2
+    from refinery.dispatch import dispatcher
     from refinery.ops.roles import broker_checks, start_health, stop_health
-    from workers.celery_app import app
 
     health = start_health(settings, broker_checks(settings))
     try:
-        app.start(["beat", "--loglevel", args.loglevel, "--schedule", args.schedule])
+        dispatcher(settings).main(
+            ["beat", "--loglevel", args.loglevel, "--schedule", args.schedule]
+        )
     finally:
         stop_health(health)
     return 0
@@ -532,10 +534,10 @@ def cmd_failed(settings: Settings, args: argparse.Namespace) -> int:
     if not args.all and not args.ids:
         print("refinery failed retry: name the ids to retry, or --all", file=sys.stderr)
         return 2
-    from workers.tasks import reconcile_enqueuers
+    from refinery.dispatch import dispatcher
 
     with sessions.begin() as session:
-        rows = retry_failed(session, reconcile_enqueuers(), settings,
+        rows = retry_failed(session, dispatcher(settings).enqueuers(), settings,
                             ids=None if args.all else args.ids)
     print(f"sent again {len(rows)} failed item(s)")
     return 0 if rows or args.all else 4

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from refinery.dispatch import dispatcher
 from refinery.kafka.clients import security_config
 from refinery.kafka.embedded import EmbeddedBroker, ensure_topics, start_embedded_broker
 from refinery.settings import Settings
@@ -82,18 +84,7 @@ def start_runtime(
     )
 
 
-def celery_enqueue(settings: Settings):  # type: ignore[no-untyped-def]
-    """The ingest consumer's enqueue: Celery send_task, or a direct run in eager mode."""
-    if settings.celery_eager:
-        from workers.tasks import embed_interactions
-
-        return lambda ids: embed_interactions.apply(args=(ids,)).get()
-
-    from workers.celery_app import app
-
-    # send_task keeps the consumer from importing the task modules (and their ML imports).
-    # ignore_result: ingest never reads results, and subscribing to one would tie the consumer to
-    # the result store's pub/sub, which gives up for good after a Redis restart.
-    return lambda ids: app.send_task(
-        "refinery.embed_interactions", args=(ids,), queue="embed", ignore_result=True
-    )
+def celery_enqueue(settings: Settings) -> Callable[[list[int]], None]:
+    """The ingest consumer's enqueue: the installed dispatcher's (refinery.dispatch; Celery
+    send_task, or a direct run in eager mode)."""
+    return dispatcher(settings).embed_interactions

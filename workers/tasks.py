@@ -30,6 +30,7 @@ from refinery.propose.service import propose_for_app as propose_service
 from refinery.reconcile.service import Enqueuers
 from refinery.reconcile.service import reconcile as reconcile_pass
 from refinery.settings import get_settings
+from refinery.signals.enqueue import parse_session_ref, session_ref
 from refinery.signals.orphans import sweep_orphans
 from refinery.signals.sessions import analyze_sessions, sweep_abandoned
 from refinery.store.db import session_scope
@@ -353,8 +354,6 @@ def _embed_later(interaction_ids: list[int]) -> None:
 )
 def detect_session_signals(self: Task, sessions: list[str]) -> dict:
     """Rephrase detection on these "app_id/session_id" sessions (embeds their queries)."""
-    from refinery.signals.enqueue import parse_session_ref
-
     settings = get_settings()
     with session_scope(settings.database_url) as session:
         result = analyze_sessions(
@@ -374,8 +373,6 @@ def sweep_abandoned_sessions(self: Task) -> dict:
     settings = get_settings()
     if not settings.rephrase_detection_enabled:
         return {"sessions": 0, "abandoned": 0}
-    from refinery.signals.enqueue import session_ref
-
     pending: list = []
     with session_scope(settings.database_url) as session:
         result = sweep_abandoned(session, settings, on_pending=pending.extend)
@@ -417,8 +414,6 @@ def reconcile_enqueuers() -> Enqueuers:
     tasks the pipeline sends, so a re-sent item takes the path a first one takes."""
 
     def sessions(keys: list[SessionKey]) -> None:
-        from refinery.signals.enqueue import session_ref
-
         detect_session_signals.apply_async(args=([session_ref(k) for k in keys],))
 
     return Enqueuers(

@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 
 from refinery.corpus.store import register_path
 from refinery.demo.workload import APP_ID, PROMPT_NAME, SHIPPED_FIXES, Workload, generate
+from refinery.dispatch import dispatcher
 from refinery.embed import embedding_model_name
 from refinery.ingest.consumer import IngestConsumer
 from refinery.kafka.clients import make_consumer, make_producer
@@ -161,12 +162,7 @@ def _ship_and_judge(settings: Settings, sessions, planted: dict[str, str], out) 
 
 
 def _impact(settings: Settings) -> None:
-    from workers.tasks import refresh_impact
-
-    if settings.celery_eager:
-        refresh_impact.apply(args=(APP_ID,)).get()
-    else:
-        refresh_impact.apply_async(args=(APP_ID,)).get(timeout=600)
+    dispatcher(settings).run("refresh_impact", APP_ID)
 
 
 def _start_worker(settings: Settings) -> subprocess.Popen[bytes]:
@@ -197,14 +193,8 @@ def _wait_for_embeddings(sessions, model: str, timeout_s: float = 600) -> None: 
 
 
 def _refine(settings: Settings) -> None:
-    from workers.tasks import cluster_app, propose_for_app
-
-    if settings.celery_eager:
-        cluster_app.apply(args=(APP_ID,)).get()
-        propose_for_app.apply(args=(APP_ID,)).get()
-    else:
-        cluster_app.apply_async(args=(APP_ID,)).get(timeout=600)
-        propose_for_app.apply_async(args=(APP_ID,)).get(timeout=600)
+    dispatcher(settings).run("cluster_app", APP_ID)
+    dispatcher(settings).run("propose_for_app", APP_ID)
 
 
 def _print_queue(sessions, planted: dict[str, str], out) -> None:  # type: ignore[no-untyped-def]
