@@ -20,9 +20,10 @@ timeout passed), then again one reconciler period later:
   every acknowledged event is stored, no failing interaction is due and a re-cluster finished
   after the last one was placed (the baseline, with no fault: from the start of the load).
 
-The reconciler runs with RECONCILE_INTERVAL_S=5 and RECONCILE_STALE_S=10 (defaults 60 and 300),
-so "one reconciler period" fits a scenario; rephrase detection is off (it embeds every turn,
-which 2 CPU cores cannot keep up with next to the rest) and every other setting is its default.
+The reconciler runs with RECONCILE_INTERVAL_S=5, RECONCILE_STALE_S=10 and
+RECONCILE_MAX_ATTEMPTS=12 (defaults 60, 300 and 5), so "one reconciler period" fits a
+scenario; rephrase detection is off (it embeds every turn, which 2 CPU cores cannot keep up
+with next to the rest) and every other setting is its default.
 """
 
 from __future__ import annotations
@@ -64,6 +65,10 @@ STABLE_S = 15.0  # a scenario that may lose events: stored count unchanged this 
 SUITE_SETTINGS = {
     "RECONCILE_INTERVAL_S": str(RECONCILE_INTERVAL_S),
     "RECONCILE_STALE_S": str(RECONCILE_STALE_S),
+    # Stale x attempts must outlast a lost refine message's `scheduled` key (REFINE_MAX_DELAY_S
+    # + 60 s, workers/scheduling.py): until it expires, re-enqueued refines are coalesced into
+    # the lost one, and 5 x 10 s would park the app's refine (found by the worker scenario).
+    "RECONCILE_MAX_ATTEMPTS": "12",
     "REPHRASE_DETECTION_ENABLED": "false",
     "INGEST_BACKOFF_MAX_S": "2",
     "OUTBOX_POLL_INTERVAL_S": "0.5",
