@@ -7,7 +7,7 @@
    (b) one process doing everything: (a) plus rephrase detection inline (real model), as the
        embedded default (Celery eager) does.
 2. Redaction throughput: whole events (redact_event) per second and MB/s of user text, on
-   events whose queries carry canary PII (refinery.redact.canary).
+   events whose queries carry canary PII (tests/canary.py).
 3. Rephrase-detection cost per event: analyze_sessions over the ingested sessions, cold (every
    query embedded by all-MiniLM-L6-v2 on CPU) and warm (the embedding cache hit).
 
@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 def _events(n: int, seed: int) -> tuple[list[bytes], list[bytes], int]:
     """n interactions in sessions of 4 turns (queries from the canary corpus, PII in them), a
     third with feedback; returns (interactions, feedback, bytes of user text)."""
-    from refinery.redact.canary import generate_canary_corpus
+    from tests.canary import generate_canary_corpus
 
     now = datetime.now(UTC) - timedelta(hours=2)
     cases = generate_canary_corpus(n, seed=seed)

@@ -2,7 +2,7 @@
 
     python bench/bench_redaction.py [--queries 20000] [--seed 7] [--repeat 3]
 
-Generates `--queries` synthetic support queries with planted PII (refinery.redact.canary) and
+Generates `--queries` synthetic support queries with planted PII (tests/canary.py) and
 redacts them one by one with the default redactor, best of `--repeat` runs. Prints:
   throughput   MB/s (UTF-8 bytes in) and queries/s, on the corpus as generated (every query
                holds PII: two rounds each) and on its redacted form (no PII left: one round,
@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from refinery.redact import Redactor  # noqa: E402
-from refinery.redact.canary import CORPUS_KINDS, generate_canary_corpus  # noqa: E402
+from tests.canary import CORPUS_KINDS, generate_canary_corpus  # noqa: E402
 
 
 def _utf8_len(texts: list[str]) -> int:

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from refinery.embed.embedder import Embedder
-from refinery.ingest.storage import normalize_query
+from refinery.embed.keys import normalize_query
 from refinery.ops.metrics import EMBEDDING_BATCH_SECONDS, EMBEDDING_CACHE_HITS, EMBEDDING_TEXTS
 from refinery.store.db import insert_ignoring_duplicates
 from refinery.store.models import Embedding, Interaction

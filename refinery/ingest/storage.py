@@ -6,10 +6,7 @@ Does not commit: the consumer (or the signal task) decides when a batch is durab
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
-import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,6 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
+from refinery.embed.keys import query_hash
 from refinery.ingest.failure import FailureVerdict, judge_interaction
 from refinery.settings import Settings
 from refinery.store.models import Embedding, Feedback, Interaction, SessionState
@@ -28,18 +26,6 @@ from schemas.events import FeedbackEvent, InteractionEvent
 
 T = TypeVar("T")
 EventT = TypeVar("EventT", InteractionEvent, FeedbackEvent)
-_SPACE = re.compile(r"\s+")
-
-
-def normalize_query(text: str) -> str:
-    """The text that is embedded and hashed: NFKC, case-folded, single-spaced."""
-    return _SPACE.sub(" ", unicodedata.normalize("NFKC", text)).strip().casefold()
-
-
-def query_hash(text: str) -> str:
-    return hashlib.sha256(normalize_query(text).encode("utf-8", "surrogatepass")).hexdigest()
-
-
 InteractionKey = tuple[str, str]  # (app_id, interaction_id)
 SessionKey = tuple[str, str]  # (app_id, session_id)
 Origin = tuple[str, int, int]  # (topic, partition, offset) the event was read at

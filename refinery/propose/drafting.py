@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from refinery.corpus.index import CorpusHit
-from refinery.ingest.storage import normalize_query
+from refinery.embed.keys import normalize_query
 from refinery.signals.complaints import OTHER
 from refinery.signals.evidence import (
     BEHAVIOUR_RULES,

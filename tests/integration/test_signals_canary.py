@@ -1,4 +1,4 @@
-"""PII never reaches storage: 1,000 canary queries (refinery.redact.canary) sent through Kafka to
+"""PII never reaches storage: 1,000 canary queries (tests/canary.py) sent through Kafka to
 the real ingest consumer, with Celery on Redis and PostgreSQL, then searched for everywhere:
 every table of the database, every key and value of the Redis database (the queued Celery
 messages decoded), the logs captured meanwhile, and the dead-letter topic (values, keys,
@@ -20,13 +20,13 @@ from refinery.embed.embedder import get_embedder
 from refinery.ingest.consumer import IngestConsumer
 from refinery.ingest.deadletter import DeadLetterQueue
 from refinery.kafka.clients import make_consumer, make_producer
-from refinery.redact.canary import generate_canary_corpus
 from refinery.runtime import celery_enqueue
 from refinery.signals.enqueue import parse_session_ref, session_enqueue
 from refinery.signals.orphans import sweep_orphans
 from refinery.signals.sessions import analyze_sessions, sweep_abandoned
 from refinery.store.db import migrate, session_factory
 from refinery.store.models import Base
+from tests.canary import generate_canary_corpus
 from tests.integration.test_signals_support import (
     at,
     dead_letters,

@@ -284,7 +284,7 @@ def model():
 def test_the_demo_corpus_answers_the_demo_knowledge_gap(model) -> None:
     from refinery.corpus.chunking import embedding_text
     from refinery.demo.workload import generate
-    from refinery.ingest.storage import normalize_query
+    from refinery.embed.keys import normalize_query
     from refinery.settings import Settings
 
     settings = Settings()

@@ -13,14 +13,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from refinery.redact import BUILTIN_KINDS, Redactor, redact_json_strings
-from refinery.redact.canary import (
+from refinery.redact.redactor import iban_valid, luhn_valid
+from refinery.settings import Settings
+from tests.canary import (
     CORPUS_KINDS,
     KINDS,
     generate_canary_corpus,
     generate_value,
 )
-from refinery.redact.redactor import iban_valid, luhn_valid
-from refinery.settings import Settings
 
 REDACTOR = Redactor()
 

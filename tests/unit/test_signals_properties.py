@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 
 from refinery.ingest.redaction import pseudonymize, redact_bytes, redact_event
 from refinery.ingest.validate import REASONS, InvalidEvent, parse_event
-from refinery.redact.canary import KINDS, generate_value
 from refinery.settings import Settings
 from schemas.events import FeedbackEvent, FeedbackKind, InteractionEvent
+from tests.canary import KINDS, generate_value
 
 SETTINGS = Settings(_env_file=None)
 NOW = datetime.now(UTC).replace(microsecond=0)

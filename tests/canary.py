@@ -5,7 +5,8 @@ so each planted value (a canary) and its kind are known exactly, and so is the t
 redactor should produce. Some queries also carry negatives: order numbers that fail Luhn,
 version numbers, dates, prices, times, which must come out unchanged.
 
-Deterministic for a given (n, seed). Owns nothing else; used by tests and `bench/`.
+Deterministic for a given (n, seed). A test fixture, not shipped in the package; used by tests
+and `bench/`.
 """
 
 from __future__ import annotations
