@@ -19,6 +19,12 @@ from refinery.settings import Settings
 from schemas.events import SUPPORTED_MAJOR_VERSION, Event, FeedbackEvent, InteractionEvent
 
 _EVENT_ADAPTER: TypeAdapter[InteractionEvent | FeedbackEvent] = TypeAdapter(Event)
+_TYPED_ADAPTERS: dict[str, TypeAdapter[InteractionEvent] | TypeAdapter[FeedbackEvent]] = {
+    "interaction": TypeAdapter(InteractionEvent),
+    "feedback": TypeAdapter(FeedbackEvent),
+}
+# A \u0000 or a surrogate escape (paired or not): the fast path leaves those to the full checks.
+_RISKY_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
 # json.loads joins valid surrogate pairs, so any surrogate left in a string is a lone one.
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 
@@ -118,6 +124,9 @@ def parse_event(
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         return InvalidEvent("invalid_utf8", f"not UTF-8 at byte {exc.start}")
+    fast = _parse_fast(raw, settings, expected_type)
+    if fast is not None:
+        return check_event(fast, settings, now=now)
     try:
         payload = json.loads(text)
     except RecursionError:
@@ -157,6 +166,24 @@ def parse_event(
     except ValidationError as exc:
         return InvalidEvent("schema_violation", _summarize(exc))
     return check_event(event, settings, now=now)
+
+
+def _parse_fast(
+    raw: bytes, settings: Settings, expected_type: str | None
+) -> InteractionEvent | FeedbackEvent | None:
+    """The event straight from the bytes (pydantic's JSON parser, no dict in between) when it
+    is certainly valid, else None: then the full checks below find the reason. Taken only when
+    none of those checks can fail: no escape that could be U+0000 or a surrogate, fewer opening
+    brackets than the depth limit, the event type known from the topic. A validation error here
+    means only "not certainly valid"."""
+    if expected_type is None or _RISKY_ESCAPE.search(raw) is not None:
+        return None
+    if raw.count(b"{") + raw.count(b"[") > settings.max_json_depth:
+        return None
+    try:
+        return _TYPED_ADAPTERS[expected_type].validate_json(raw, context=limits_context(settings))
+    except (ValidationError, KeyError):
+        return None
 
 
 def check_event(
