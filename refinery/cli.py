@@ -681,6 +681,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("ids", nargs="*", type=int, help="failed-work ids (see `refinery failed list`)")
     q.add_argument("--all", action="store_true", help="every parked item")
     p.set_defaults(func=cmd_failed)
+
+    from refinery.corpus.cli import add_parser as add_corpus_parser
+
+    add_corpus_parser(sub)
     return parser
 
 

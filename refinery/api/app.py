@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from refinery.api.http_metrics import HttpMetrics
 from refinery.api.middleware import BodySizeLimit, SecurityHeaders
-from refinery.api.routes import health, prompts, proposals, tokens, ui
+from refinery.api.routes import health, prompts, proposals, refinements, tokens, ui
 from refinery.api.routes.apps import router as apps_router
 from refinery.api.tokens import PrincipalCache
 from refinery.collector.otlp import router as otlp_router
@@ -78,6 +78,7 @@ def create_app(settings: Settings, *, sessions: sessionmaker[Session] | None = N
     app.include_router(prompts.router)
     app.include_router(tokens.router)
     app.include_router(ui.router)
+    app.include_router(refinements.router)  # /v1/apps/{app_id}/corpus, /v1/proposals/{id}/export
     app.include_router(apps_router)  # /v1/apps/{app_id}/impact, /ui/apps/{app_id}
     app.include_router(collector_router)  # POST /v1/events (refinery.collector)
     app.include_router(otlp_router)  # POST /v1/traces (refinery.collector.otlp)

@@ -20,6 +20,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from refinery.cluster.trends import growth
+from refinery.corpus.index import CorpusIndex
+from refinery.corpus.store import corpus_index
 from refinery.embed.service import vectors_from_rows
 from refinery.ops.metrics import PROPOSALS, after_commit
 from refinery.propose.drafters import ChatDrafter, Drafter, make_drafter
@@ -98,11 +100,12 @@ def _propose(
         .order_by(Cluster.id)
     ).all()
     drafts: list[ClusterDraft] = []
+    corpus = corpus_index(session, app_id, model)
     for cluster in clusters:
         if cluster.size < settings.proposal_min_failures:
             result.skipped_clusters.append(cluster.id)
             continue
-        drafts.append(_draft_input(session, cluster, settings, model))
+        drafts.append(_draft_input(session, cluster, settings, model, corpus))
     produced: set[tuple[str, str]] = set()
     transitions: Counter[tuple[str, str]] = Counter()  # (kind, status entered) -> proposals
     for cluster, proposal, data in _failure_modes(
@@ -375,7 +378,11 @@ def _upsert(
 
 
 def _draft_input(
-    session: Session, cluster: Cluster, settings: Settings, model: str
+    session: Session,
+    cluster: Cluster,
+    settings: Settings,
+    model: str,
+    corpus: CorpusIndex | None = None,
 ) -> ClusterDraft:
     rows = session.execute(
         select(Interaction, Embedding.vector, Embedding.dim)
@@ -387,6 +394,7 @@ def _draft_input(
     ).all()
     interactions = [r[0] for r in rows]
     topic: TopicVectors | None = None
+    ordered: np.ndarray | None = None
     # Representative first: closest to the centroid.
     if rows:
         vectors = vectors_from_rows([r.vector for r in rows], rows[0].dim)
@@ -394,6 +402,12 @@ def _draft_input(
         centroid = np.frombuffer(cluster.centroid, dtype=np.float32)
         order = np.argsort(-(vectors @ centroid), kind="stable")
         interactions = [interactions[i] for i in order]
+        ordered = vectors[order]
+    hits = (
+        corpus.search(ordered, settings.rag_hits_per_query)
+        if corpus is not None and ordered is not None and len(corpus)
+        else [[] for _ in interactions]
+    )
     feedback: dict[str, list[Feedback]] = {}
     for fb in session.scalars(
         select(Feedback)
@@ -412,8 +426,12 @@ def _draft_input(
             sources=i.sources or [],
             feedback=[(f.kind, f.value, f.text) for f in feedback.get(i.interaction_id, [])],
             occurred_at=i.occurred_at.isoformat(),
+            session_id=i.session_id,
+            failure_score=float(i.failure_score or 0.0),
+            vector=ordered[n] if ordered is not None else None,
+            corpus_hits=hits[n],
         )
-        for i in interactions
+        for n, i in enumerate(interactions)
     ]
     prompt_names = Counter(i.prompt_name for i in interactions if i.prompt_name)
     prompt_name = (
@@ -464,5 +482,10 @@ def _draft_input(
         retrieval_gap_fraction=settings.retrieval_gap_fraction,
         min_corrections=settings.proposal_min_corrections,
         min_evidence_share=settings.proposal_min_evidence_share,
+        corpus_version=corpus.version if corpus is not None else None,
+        rag_match_floor=settings.rag_match_floor,
+        rag_candidate_min_share=settings.rag_candidate_min_share,
+        rag_max_candidates=settings.rag_max_candidates,
+        question_merge_similarity=settings.question_merge_similarity,
     )
     return ClusterDraft(cluster=cluster, data=data, topic=topic)
