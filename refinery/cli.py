@@ -646,6 +646,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--query", action="append", help="rag_source: representative query (repeat)")
     q.add_argument("--rows-file", help="fine_tune_dataset: JSONL of {'messages': [...]} rows")
     p.set_defaults(func=cmd_review)
+    from refinery.propose.cli import add_export_parser
+
+    add_export_parser(review)  # its own func: a file writer, not a decision
 
     p = sub.add_parser("api", help="serve the review API and web UI on API_PORT")
     p.add_argument("--host", default="0.0.0.0")
