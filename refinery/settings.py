@@ -18,12 +18,15 @@ class Settings(BaseSettings):
 
     # --- services --------------------------------------------------------------------------
     kafka_bootstrap_servers: str | None = Field(
-        None, description="Kafka bootstrap servers (host:port,...). Unset: spawn an embedded broker."
+        None,
+        description=("Kafka bootstrap servers (host:port,...). Unset: spawn an embedded broker."),
     )
     kafka_security_protocol: str = Field(
         "PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."
     )
-    kafka_sasl_mechanism: str | None = Field(None, description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.")
+    kafka_sasl_mechanism: str | None = Field(
+        None, description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512."
+    )
     kafka_sasl_username: str | None = Field(None, description="SASL user name.")
     kafka_sasl_password: SecretStr | None = Field(None, description="SASL password.")
     kafka_ssl_cafile: str | None = Field(None, description="CA bundle for SSL/SASL_SSL.")
@@ -34,7 +37,8 @@ class Settings(BaseSettings):
         None, description="Celery broker and result backend. Unset: Celery runs tasks eagerly."
     )
     database_url: str = Field(
-        "sqlite:///var/refinery.db", description="SQLAlchemy URL (postgresql+psycopg://... or sqlite)."
+        "sqlite:///var/refinery.db",
+        description=("SQLAlchemy URL (postgresql+psycopg://... or sqlite)."),
     )
 
     # --- topics and consumer group -----------------------------------------------------------
@@ -51,8 +55,12 @@ class Settings(BaseSettings):
         description="Alert events out (outbox relay): a refinement whose verdict is regressed,"
         " once per refinement (refinery.impact).",
     )
-    ingest_group_id: str = Field("refinery-ingest", description="Kafka consumer group of `refinery ingest`.")
-    ingest_batch_max_records: int = Field(500, description="Most records handled per poll and commit.")
+    ingest_group_id: str = Field(
+        "refinery-ingest", description="Kafka consumer group of `refinery ingest`."
+    )
+    ingest_batch_max_records: int = Field(
+        500, description="Most records handled per poll and commit."
+    )
     ingest_poll_timeout_ms: int = Field(500, description="How long one poll waits for records.")
     ingest_backoff_max_s: float = Field(
         30.0,
@@ -70,8 +78,12 @@ class Settings(BaseSettings):
     max_event_bytes: int = Field(262_144, description="Largest accepted event, in bytes of JSON.")
     max_query_chars: int = Field(8_000, description="Longest user query, in characters.")
     max_response_chars: int = Field(32_000, description="Longest model response, in characters.")
-    max_feedback_text_chars: int = Field(8_000, description="Longest feedback text (comment, correction).")
-    max_retrieved_sources: int = Field(100, description="Most retrieved sources on one interaction.")
+    max_feedback_text_chars: int = Field(
+        8_000, description="Longest feedback text (comment, correction)."
+    )
+    max_retrieved_sources: int = Field(
+        100, description="Most retrieved sources on one interaction."
+    )
     max_metadata_keys: int = Field(64, description="Most metadata keys on one event.")
     max_json_depth: int = Field(32, description="Deepest JSON nesting accepted in an event.")
     max_event_future_s: float = Field(
@@ -131,13 +143,17 @@ class Settings(BaseSettings):
         0.4, description="A rating at or below this fraction of its scale marks a failure (2 of 5)."
     )
     rating_success_fraction: float = Field(
-        0.8, description="A rating at or above this fraction of its scale is a positive signal (4 of 5)."
+        0.8,
+        description=(
+            "A rating at or above this fraction of its scale is a positive signal (4 of 5)."
+        ),
     )
     failure_threshold: float = Field(
         1.0,
         description="Failure score at or above which an interaction is failing. The score sums the"
         " SIGNAL_WEIGHT_* of its signals in time order; a positive signal lowers what came before"
-        " it (never below 0); a kind counts once; the latest thumbs/rating vote replaces earlier ones.",
+        " it (never below 0); a kind counts once; the latest thumbs/rating vote replaces earlier"
+        " ones.",
     )
     signal_weight_thumbs_down: float = Field(1.0, description="Weight of a thumbs-down.")
     signal_weight_thumbs_up: float = Field(-1.0, description="Weight of a thumbs-up (positive).")
@@ -154,7 +170,9 @@ class Settings(BaseSettings):
         1.0, description="Weight of a correction (the user's better answer, a fine-tuning target)."
     )
     signal_weight_regenerate: float = Field(1.0, description="Weight of a regenerate.")
-    signal_weight_copy: float = Field(-0.5, description="Weight of a copy of the response (positive).")
+    signal_weight_copy: float = Field(
+        -0.5, description="Weight of a copy of the response (positive)."
+    )
     signal_weight_edit: float = Field(1.0, description="Weight of the user editing the response.")
     signal_weight_escalate: float = Field(1.0, description="Weight of an escalation to a human.")
     signal_weight_rephrase: float = Field(
@@ -184,7 +202,8 @@ class Settings(BaseSettings):
         True, description="Detect rephrases and abandons from sessions (Celery, embed queue; beat)."
     )
     rephrase_window_s: float = Field(
-        120.0, description="Longest gap between two turns of a session for the later to be a rephrase."
+        120.0,
+        description=("Longest gap between two turns of a session for the later to be a rephrase."),
     )
     rephrase_similarity_threshold: float = Field(
         0.75,
@@ -209,11 +228,13 @@ class Settings(BaseSettings):
     # --- collector ---------------------------------------------------------------------------
     collector_keys: dict[str, SecretStr] = Field(
         {},
-        description='Ingest keys of POST /v1/events, a JSON object app_id -> key (header'
-        ' X-Refinery-Key); a key may send events of its app only. Empty: the collector refuses all.',
+        description="Ingest keys of POST /v1/events, a JSON object app_id -> key (header"
+        " X-Refinery-Key); a key may send events of its app only. Empty: the collector refuses"
+        " all.",
     )
     collector_cors_origins: list[str] = Field(
-        [], description="Browser origins allowed to call POST /v1/events (JSON list; \"*\" for any)."
+        [],
+        description=('Browser origins allowed to call POST /v1/events (JSON list; "*" for any).'),
     )
     collector_max_body_bytes: int = Field(
         1_048_576, description="Largest POST /v1/events body; larger ones get 413."
@@ -299,7 +320,7 @@ class Settings(BaseSettings):
         description="Quantize the encoder's Linear layers to int8 (torch dynamic quantization):"
         " 2.7-3.9x CPU throughput, vectors at mean cosine 0.94 to fp32, CLINC150 ARI 0.625 vs"
         " 0.656 (bench/bench_cluster.py --int8-only)."
-        " Its vectors are cached apart from fp32 ones (the cache key gets \"+int8\").",
+        ' Its vectors are cached apart from fp32 ones (the cache key gets "+int8").',
     )
     embedding_device: str = Field(
         "cpu",
@@ -337,7 +358,9 @@ class Settings(BaseSettings):
         description="Most queries clustered on one kNN graph; above it, samples of this size are"
         " clustered and the rest assigned (bounds time and memory).",
     )
-    cluster_min_size: int = Field(5, description="Fewest members of a cluster; smaller go to outliers.")
+    cluster_min_size: int = Field(
+        5, description="Fewest members of a cluster; smaller go to outliers."
+    )
     cluster_split_min_share: float = Field(
         0.25,
         description="Share of a cluster's members (and at least CLUSTER_MIN_SIZE of them) that two"
@@ -346,7 +369,10 @@ class Settings(BaseSettings):
         " two failure modes. Above 1 never splits.",
     )
     cluster_match_overlap: float = Field(
-        0.5, description="Shared members / smaller cluster at which a new cluster keeps an old cluster's id."
+        0.5,
+        description=(
+            "Shared members / smaller cluster at which a new cluster keeps an old cluster's id."
+        ),
     )
     cluster_match_centroid_similarity: float = Field(
         0.85,
@@ -453,7 +479,8 @@ class Settings(BaseSettings):
     proposal_min_corrections: int = Field(3, description="Fewest target answers for a dataset.")
     retrieval_low_score: float = Field(0.35, description="Top retrieval score below this is a gap.")
     retrieval_gap_fraction: float = Field(
-        0.5, description="Share of a cluster's interactions with a retrieval gap that calls for RAG."
+        0.5,
+        description=("Share of a cluster's interactions with a retrieval gap that calls for RAG."),
     )
     proposal_min_evidence_share: float = Field(
         0.25,
@@ -529,7 +556,9 @@ class Settings(BaseSettings):
         description="Port of /livez, /readyz and /metrics for ingest, worker, beat and relay."
         " 0 disables (local runs); the image sets 8081.",
     )
-    api_port: int = Field(8000, description="Port of `refinery api` (review API, collector, health).")
+    api_port: int = Field(
+        8000, description="Port of `refinery api` (review API, collector, health)."
+    )
     api_max_body_bytes: int = Field(
         1_048_576, description="Largest request body `refinery api` accepts; larger ones get 413."
     )
