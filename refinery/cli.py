@@ -615,8 +615,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--kind", choices=[k.value for k in ProposalKind])
     q.add_argument("--status", choices=[s.value for s in ProposalStatus])
     q.add_argument("--search", help="text in titles, cluster labels and example queries")
-    q.add_argument("--sort", choices=["newest", "oldest", "size"], default="newest",
-                   help="newest or oldest first, or size: most failing interactions first")
+    q.add_argument("--sort", choices=["newest", "oldest", "size", "impact"], default="newest",
+                   help="newest or oldest first, size: most failing interactions first, or"
+                   " impact: highest expected impact first")
     q.add_argument("--limit", type=int, default=50)
     q.add_argument("--offset", type=int, default=0, help="skip this many; past the end: last page")
     claimed = q.add_mutually_exclusive_group()

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from refinery.cluster.trends import growth
@@ -26,6 +26,7 @@ from refinery.embed.service import vectors_from_rows
 from refinery.ops.metrics import PROPOSALS, after_commit
 from refinery.propose.drafters import ChatDrafter, Drafter, make_drafter
 from refinery.propose.drafting import DraftInput, MemberEvidence, draft
+from refinery.propose.ranking import AppTraffic, expected_impact
 from refinery.propose.topics import TopicVectors, group_same_topic
 from refinery.review.decisions import system_transition
 from refinery.review.transitions import record_audit
@@ -106,6 +107,7 @@ def _propose(
             result.skipped_clusters.append(cluster.id)
             continue
         drafts.append(_draft_input(session, cluster, settings, model, corpus))
+    traffic = _app_traffic(session, app_id)
     produced: set[tuple[str, str]] = set()
     transitions: Counter[tuple[str, str]] = Counter()  # (kind, status entered) -> proposals
     for cluster, proposal, data in _failure_modes(
@@ -113,6 +115,10 @@ def _propose(
     ):
         kind = proposal.kind.value
         produced.add((cluster.id, kind))
+        impact = expected_impact(data, traffic, settings.failure_threshold)
+        proposal = proposal.model_copy(
+            update={"evidence": proposal.evidence.model_copy(update={"expected_impact": impact})}
+        )
         before = len(result.created)
         _upsert(session, cluster, proposal, result, word=partial(drafter.word, data))
         transitions[(kind, ProposalStatus.PENDING)] += len(result.created) - before
@@ -300,7 +306,9 @@ def fingerprint_of(proposal: AnyProposal) -> str:
     """The template draft's content, without who worded it: a model's rewording of unchanged
     evidence is not a change (and is not asked for again)."""
     payload = proposal.model_dump(mode="json")
-    for key in ("drafted_by", "fallback_reason"):
+    # The expected impact moves with the app's other traffic: it is refreshed with the evidence,
+    # never on its own (which would re-draft every proposal of the app on every refine).
+    for key in ("drafted_by", "fallback_reason", "expected_impact"):
         payload["evidence"].pop(key, None)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
@@ -375,6 +383,16 @@ def _upsert(
     session.flush()
     record_audit(session, row.id, SYSTEM_ACTOR, "create", None, "pending", "ok", None)
     result.created.append(row.id)
+
+
+def _app_traffic(session: Session, app_id: str) -> AppTraffic:
+    failing, sessions = session.execute(
+        select(
+            func.count(Interaction.id).filter(Interaction.failing.is_(True)),
+            func.count(func.distinct(Interaction.session_id)),
+        ).where(Interaction.app_id == app_id)
+    ).one()
+    return AppTraffic(failing=int(failing or 0), sessions=int(sessions or 0))
 
 
 def _draft_input(

@@ -120,3 +120,35 @@ def test_cli_exports_the_same_files(api_env, tmp_path, capsys) -> None:
     assert "corpus version 1: 2 document(s)" in capsys.readouterr().out
     args = build_parser().parse_args(["corpus", "add", "nimbus-support", str(tmp_path / "none")])
     assert args.func(api_env.settings, args) == 2
+
+
+def test_the_queue_sorts_by_expected_impact_in_the_api_and_the_cli(client, api_env, capsys) -> None:
+    ids = {}
+    for score in (12.5, None, 80.0, 40.0):
+        pid = insert_proposal(api_env.sessions, "rag_source")
+        with api_env.sessions.begin() as session:
+            row = session.get(ProposalRow, pid)
+            assert row is not None
+            impact = None
+            if score is not None:
+                impact = {
+                    "score": score,
+                    "traffic_share": 0.1,
+                    "user_share": 0.1,
+                    "growth": 0.0,
+                    "severity": 0.5,
+                    "weights": {"traffic_share": 0.4},
+                }
+            row.payload = {
+                **row.payload,
+                "evidence": {**row.payload["evidence"], "expected_impact": impact},
+            }
+        ids[score] = pid
+    expected = [ids[80.0], ids[40.0], ids[12.5], ids[None]]
+    r = client.get("/v1/proposals?sort=impact", headers=api_env.auth("viewer"))
+    assert r.status_code == 200 and r.json()["sort"] == "impact"
+    assert [item["id"] for item in r.json()["items"]] == expected
+    args = build_parser().parse_args(["review", "list", "--sort", "impact", "--json"])
+    assert args.func(api_env.settings, args) == 0
+    out = capsys.readouterr().out
+    assert [out.index(pid) for pid in expected] == sorted(out.index(pid) for pid in expected)

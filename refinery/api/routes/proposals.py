@@ -84,7 +84,7 @@ def _bound(*, end: bool) -> Any:
 # A date alone covers its whole day (UTC) at either end; a time without a zone is UTC.
 StartTime = Annotated[datetime | None, _bound(end=False)]
 EndTime = Annotated[datetime | None, _bound(end=True)]
-Sort = Literal["newest", "oldest", "size"]
+Sort = Literal["newest", "oldest", "size", "impact"]
 Claim = Literal["mine", "unclaimed"]
 ClusterId = Annotated[
     str | None, Query(pattern=r"^[A-Za-z0-9_-]{1,40}$", description="Cluster id (c_...).")
@@ -115,7 +115,11 @@ def list_proposals(
         ),
     ] = None,
     sort: Annotated[
-        Sort, Query(description="newest or oldest first, or size: most failing first.")
+        Sort,
+        Query(
+            description="newest or oldest first, size: most failing first, or impact: highest"
+            " expected impact first (evidence.expected_impact)."
+        ),
     ] = "newest",
     claim: Annotated[
         Claim | None,
