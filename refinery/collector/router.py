@@ -161,10 +161,11 @@ def _kafka_failed(request: Request, producer: Any = None) -> None:
     refuses every later send), and a fresh one costs one connection."""
     state = request.app.state
     state.collector_kafka_down_until = time.monotonic() + RETRY_AFTER_S
-    if producer is None or getattr(state, "collector_producer", None) is not producer:
+    held: Any = getattr(state, "collector_producer", None)
+    if producer is None or held is not producer:
         return
     state.collector_producer = None
-    close_now = partial(producer.close, 0)  # drops what it holds: those requests got 503
+    close_now = partial(held.close, 0)  # drops what it holds: those requests got 503
     threading.Thread(target=_close_quietly, args=(close_now,), daemon=True).start()
 
 

@@ -212,7 +212,10 @@ class IngestConsumer:
             self.cap.record(None)
             event = redact_event(event)
             origins[event.event_id] = (record.topic, record.partition, record.offset)
-            (interactions if isinstance(event, InteractionEvent) else feedback).append(event)
+            if isinstance(event, InteractionEvent):
+                interactions.append(event)
+            else:
+                feedback.append(event)
         with self.sessions() as session:
             stored = store_events(session, interactions, feedback, origins=origins, now=now)
             to_embed = judge_touched(session, stored.touched, self.settings, self.embedding_model)

@@ -22,7 +22,8 @@ from refinery.redact.redactor import redact_json_strings
 from refinery.settings import get_settings
 from schemas.events import FeedbackEvent, InteractionEvent
 
-E = TypeVar("E", InteractionEvent, FeedbackEvent)
+# Bound, not constrained: a caller holding either kind (a union) gets the same union back.
+E = TypeVar("E", bound=InteractionEvent | FeedbackEvent)
 
 _JSON_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
 

@@ -86,4 +86,4 @@ def insert_ignoring_duplicates(session: Session, table: Any, rows: list[dict[str
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     result = session.execute(insert(table).on_conflict_do_nothing(), rows)
-    return max(result.rowcount or 0, 0)
+    return max(getattr(result, "rowcount", 0) or 0, 0)  # a CursorResult for an INSERT
