@@ -20,6 +20,12 @@ time, server clock), `scheduled` (a fired task is on its way; expires, so a lost
 delays the next request's task), `running` (the flag, a token), `started` (when the last run
 started). Each decision is one Lua script, atomic against every other worker.
 
+A lost fired task (its worker killed after taking it) leaves `scheduled` set until it expires
+(REFINE_MAX_DELAY_S + 60 s): every request meanwhile is coalesced into the lost one. The
+reconciler knows better (the app's refine did not progress), so its request is a `resend`: it
+overwrites the marker and always sends a task. Two fired tasks at once are harmless: the first
+runs and consumes the requests, the second finds nothing requested and goes idle.
+
 Eager mode (no REDIS_URL) has no scheduler: nothing runs in the background there, and the demo
 refines explicitly.
 """
@@ -46,8 +52,8 @@ _PREFIX = "refinery:refine:"
 # send a second one (harmless: the second finds nothing due and returns).
 _SCHEDULED_GRACE_S = 60.0
 
-# KEYS: pending, scheduled. ARGV: urgent (0/1), max_delay_s, scheduled_ttl_ms, token.
-# Returns 1 when the caller must send a fired task (none is on its way), else 0.
+# KEYS: pending, scheduled. ARGV: urgent (0/1), max_delay_s, scheduled_ttl_ms, token, resend (0/1).
+# Returns 1 when the caller must send a fired task (none is on its way, or `resend`), else 0.
 _REQUEST = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
@@ -57,6 +63,11 @@ if ARGV[1] == '1' then
   -- due at once: as if the burst had started max_delay ago
   local first = tonumber(redis.call('HGET', KEYS[1], 'first'))
   redis.call('HSET', KEYS[1], 'first', math.min(first, now - tonumber(ARGV[2])))
+end
+if ARGV[5] == '1' then
+  -- the task marked as on its way did not progress (lost): replace it
+  redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[3])
+  return 1
 end
 if redis.call('SET', KEYS[2], ARGV[4], 'NX', 'PX', ARGV[3]) then return 1 end
 return 0
@@ -182,14 +193,23 @@ class RefineScheduler:
         s = self._settings
         return int((max(s.refine_debounce_s, s.refine_max_delay_s) + _SCHEDULED_GRACE_S) * 1000)
 
-    def request(self, app_id: str, *, urgent: bool = False) -> float | None:
+    def request(self, app_id: str, *, urgent: bool = False, resend: bool = False) -> float | None:
         """Note new work for the app. Returns the countdown after which the caller must send the
-        fired task, or None when one is already on its way (it will see this request)."""
+        fired task, or None when one is already on its way (it will see this request).
+
+        `resend`: the caller knows the task marked as on its way was lost (the reconciler: the
+        app's refine did not progress); the marker is replaced and a countdown always returned."""
         s = self._settings
         keys = self._keys(app_id)
         send = self._request(
             keys=keys[:2],
-            args=[int(urgent), s.refine_max_delay_s, self._scheduled_ttl_ms(), uuid.uuid4().hex],
+            args=[
+                int(urgent),
+                s.refine_max_delay_s,
+                self._scheduled_ttl_ms(),
+                uuid.uuid4().hex,
+                int(resend),
+            ],
         )
         if not send:
             return None

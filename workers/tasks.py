@@ -121,14 +121,15 @@ def _refine_locks(app_id: str, *, cluster: bool) -> Iterator[bool]:
             yield cluster_held
 
 
-def request_refine(app_ids: list[str], *, urgent: bool = False) -> None:
+def request_refine(app_ids: list[str], *, urgent: bool = False, resend: bool = False) -> None:
     """Ask for a refine of these apps (workers.scheduling: debounced, one at a time per app);
-    `urgent`: due now (the periodic pass). Eager mode: nothing (no background refine)."""
+    `urgent`: due now (the periodic pass); `resend`: send a task even if one is marked as on its
+    way (the reconciler: that one was lost). Eager mode: nothing (no background refine)."""
     scheduler = _scheduler()
     if scheduler is None:
         return
     for app_id in app_ids:
-        countdown = scheduler.request(app_id, urgent=urgent)
+        countdown = scheduler.request(app_id, urgent=urgent, resend=resend)
         if countdown is not None:
             refine_app.apply_async(args=(app_id,), countdown=countdown)
 
@@ -420,7 +421,8 @@ def reconcile_enqueuers() -> Enqueuers:
         embed=lambda ids: embed_interactions.apply_async(args=(ids,)),
         assign=lambda app_ids: assign_clusters.apply_async(args=(app_ids,)),
         session=sessions,
-        refine=lambda app_ids: request_refine(app_ids, urgent=True),
+        # resend: the app's refine did not progress, so a task marked as on its way was lost
+        refine=lambda app_ids: request_refine(app_ids, urgent=True, resend=True),
     )
 
 

@@ -40,7 +40,9 @@ class Enqueuers:
     embed: Callable[[list[int]], None]  # interaction ids, one embed task per batch
     assign: Callable[[list[str]], None]  # app ids: the assignment of their due queries
     session: Callable[[list[SessionKey]], None]  # sessions whose rephrase analysis is due
-    refine: Callable[[list[str]], None]  # app ids: a refine requested as due now
+    # app ids: a refine requested as due now, sent even while one is marked as on its way (the
+    # app did not progress, so that one was lost: workers.scheduling `resend`)
+    refine: Callable[[list[str]], None]
 
 
 @dataclass
