@@ -13,7 +13,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
-from refinery.api.routes.ui import COOKIE
 from refinery.review.figures import evidence_figures
 from refinery.review.render import proposal_text
 from refinery.review.transitions import record_audit
@@ -91,7 +90,9 @@ def _with_figures(sessions, proposal_id: str, *, merged: bool) -> None:
 
 
 def _login(client, api_env, role: str = "reviewer") -> None:
-    client.cookies.set(COOKIE, api_env.tokens[role])
+    """Log in as a person does: the server sets a session cookie (never the token itself)."""
+    r = client.post("/ui/login", data={"token": api_env.tokens[role]}, follow_redirects=False)
+    assert r.status_code == 303, r.text
 
 
 def _text(page: str) -> str:
@@ -154,7 +155,9 @@ def test_figures_agree_in_ui_api_and_cli(api_env, client, kind, merged):
         assert "42% of sampled interactions" in text
     # The trend chart: one bar per bucket, server-rendered, no script.
     svg = re.search(r'<svg class="trend-chart".*?</svg>', page.text, re.S)
-    assert svg and svg.group(0).count("<rect") == 14 and "<script" not in page.text
+    assert svg and svg.group(0).count("<rect") == 14 and "<script" not in svg.group(0)
+    # The one script is the keyboard-shortcut file, an enhancement: nothing inline.
+    assert re.findall(r"<script[^>]*>", page.text) == ['<script src="/ui/static/review.js" defer>']
     # Each example: thumbs_down once (x2), the long response folded behind <details>.
     example = re.search(r'<li class="example">(.*?)</li>\s*\n', page.text, re.S)
     assert example
@@ -356,7 +359,7 @@ def test_list_dates_offsets_sort_and_search(api_env, client):
     assert ids(search="PHONE / EARBUDS")[0] == [late, big, early]  # the cluster label
     assert ids(search="Fine-tune")[0] == [big]  # the title
     assert ids(search="100%_")[0] == []
-    assert client.get("/v1/proposals?sort=impact", headers=h).status_code == 422
+    assert client.get("/v1/proposals?sort=bogus", headers=h).status_code == 422
 
     _login(client, api_env, "viewer")
     page = client.get("/ui/", params={"created_before": "2026-02-01", "offset": "999"})
