@@ -43,8 +43,11 @@ def with_pii(draw) -> tuple[str, str]:  # type: ignore[no-untyped-def]
 def interactions(draw) -> tuple[InteractionEvent, list[str]]:  # type: ignore[no-untyped-def]
     (query, q), (response, r), (meta_value, m), (meta_key, k) = (draw(with_pii()) for _ in range(4))
     planted = [q, r, m, k]
-    session_id = draw(st.one_of(IDS, pii().map(lambda v: f"user {v}")))
-    interaction_id = draw(st.one_of(IDS, pii()))
+    session_id = draw(
+        st.one_of(IDS, pii().map(lambda v: f"user {v}").filter(lambda v: len(v) <= 128))
+    )
+    # An identifier is at most 128 characters (schemas): a long planted value (a JWT) cannot be one.
+    interaction_id = draw(st.one_of(IDS, pii().filter(lambda v: len(v) <= 128)))
     planted += [i for i in (session_id, interaction_id) if _holds_pii(i)]
     event = InteractionEvent(
         event_id=draw(IDS),
