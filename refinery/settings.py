@@ -515,6 +515,17 @@ class Settings(BaseSettings):
         0.85,
         description="Cosine at or above which two questions of a missing-document spec are one.",
     )
+    # Fitting a system prompt edit into the prompt (refinery.propose.prompt_fit).
+    prompt_duplicate_similarity: float = Field(
+        0.7,
+        description="Cosine at or above which a prompt line already asks for a prompt edit's"
+        " instruction (and is clearly closer to it than to its opposite): no edit is proposed.",
+    )
+    prompt_conflict_similarity: float = Field(
+        0.6,
+        description="Cosine at or above which a prompt line asks for the opposite of a prompt"
+        " edit's instruction (be thorough / too long): the edit replaces that line.",
+    )
     # Fine-tuning exports (refinery.propose.datasets).
     dataset_duplicate_similarity: float = Field(
         0.97,

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from refinery.corpus.index import CorpusHit
 from refinery.embed.keys import normalize_query
+from refinery.propose.prompt_fit import fit
 from refinery.signals.complaints import OTHER
 from refinery.signals.evidence import (
     BEHAVIOUR_RULES,
@@ -86,6 +88,11 @@ class DraftInput:
     rag_candidate_min_share: float = 0.2
     rag_max_candidates: int = 3
     question_merge_similarity: float = 0.85
+    # The embedding model (`embed(texts) -> (n, dim)`, L2-normalized) for fitting a prompt edit
+    # into the prompt (refinery.propose.prompt_fit); None: appended unless the text is there.
+    embed: Callable[[list[str]], np.ndarray] | None = None
+    prompt_duplicate_similarity: float = 0.7
+    prompt_conflict_similarity: float = 0.6
     extras: dict = field(default_factory=dict)
 
 
@@ -383,10 +390,26 @@ def missing_document(data: DraftInput, topic: str) -> MissingDocument:
 def _prompt_edit(
     data: DraftInput, rule: BehaviourRule, ev: KindEvidence
 ) -> SystemPromptEditProposal | None:
-    if rule.instruction in data.prompt_text:
-        return None  # already says it; the problem lies elsewhere
     base = data.prompt_text
-    proposed = (base.rstrip("\n") + "\n\n" if base.strip() else "") + rule.instruction + "\n"
+    fitted = fit(
+        base,
+        rule.name,
+        rule.instruction,
+        data.embed,
+        duplicate_similarity=data.prompt_duplicate_similarity,
+        conflict_similarity=data.prompt_conflict_similarity,
+    )
+    if fitted is None:
+        return None  # already says it; the problem lies elsewhere
+    proposed = fitted.proposed_text
+    placed = ""
+    if fitted.replaced:
+        placed = (
+            f" Replaces the prompt's “{fitted.replaced}”, which asks for the opposite of what"
+            " users complain about."
+        )
+    elif fitted.section:
+        placed = f" Added to the prompt's section “{fitted.section}”."
     artifact = SystemPromptEdit(
         prompt_name=data.prompt_name,
         base_version=data.prompt_version,
@@ -399,7 +422,7 @@ def _prompt_edit(
         app_id=data.app_id,
         cluster_id=data.cluster_id,
         title=proposal_title(ProposalKind.SYSTEM_PROMPT_EDIT, artifact.model_dump(), data.evidence),
-        rationale=f"{_addresses(rule)} {ev.summary()}{_merged_note(data)}",
+        rationale=f"{_addresses(rule)}{placed} {ev.summary()}{_merged_note(data)}",
         evidence=data.evidence,
         artifact=artifact,
     )

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from refinery.cluster.trends import growth
 from refinery.corpus.index import CorpusIndex
 from refinery.corpus.store import corpus_index
+from refinery.embed.embedder import get_embedder
 from refinery.embed.service import vectors_from_rows
 from refinery.ops.metrics import PROPOSALS, after_commit
 from refinery.propose.drafters import ChatDrafter, Drafter, make_drafter
@@ -505,5 +506,9 @@ def _draft_input(
         rag_candidate_min_share=settings.rag_candidate_min_share,
         rag_max_candidates=settings.rag_max_candidates,
         question_merge_similarity=settings.question_merge_similarity,
+        # The model loads only if a prompt edit is drafted against a non-empty prompt.
+        embed=get_embedder(settings).embed,
+        prompt_duplicate_similarity=settings.prompt_duplicate_similarity,
+        prompt_conflict_similarity=settings.prompt_conflict_similarity,
     )
     return ClusterDraft(cluster=cluster, data=data, topic=topic)
