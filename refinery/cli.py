@@ -50,7 +50,7 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
     from refinery.embed import embedding_model_name
     from refinery.ingest.consumer import IngestConsumer, IngestFatal
     from refinery.ingest.deadletter import DeadLetterCapExceeded
-    from refinery.kafka.clients import make_consumer, make_producer
+    from refinery.kafka.clients import ReplacingProducer, make_consumer, make_producer
     from refinery.ops.roles import ingest_checks, start_health, stop_health
     from refinery.runtime import celery_enqueue, start_runtime
     from refinery.signals.enqueue import session_enqueue
@@ -59,7 +59,8 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
     runtime = start_runtime(settings)
     settings = runtime.settings
     stop = _stop_flag()
-    producer = make_producer(settings)
+    # Dead letters: a producer left failing by a broker restart is replaced (ReplacingProducer).
+    producer = ReplacingProducer(lambda: make_producer(settings))
     enqueue = celery_enqueue(settings)
     consumer = IngestConsumer(
         settings,
@@ -130,21 +131,23 @@ def cmd_beat(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_relay(settings: Settings, _: argparse.Namespace) -> int:
-    from refinery.kafka.clients import make_producer
+    from refinery.kafka.clients import ReplacingProducer, make_producer
     from refinery.ops import roles
     from refinery.review.relay import run_relay
     from refinery.runtime import start_runtime
 
     stop = _stop_flag()
-    producers: list = []  # the readiness check sees the producer once it exists
-    checks = roles.relay_checks(settings, lambda: next(iter(producers), None))
+    producers: list = []  # the readiness check sees the producer in use once it exists
+    checks = roles.relay_checks(settings, lambda: producers[0].current if producers else None)
     health = roles.start_health(settings, checks)
     # Wait for the database rather than crash-loop: meanwhile /livez is 200 and /readyz 503.
     if not roles.wait_for_database(settings, should_stop=lambda: stop[0]):
         roles.stop_health(health)
         return 0
     runtime = start_runtime(settings)
-    producer = make_producer(runtime.settings)
+    # Replaced after a failed send: a broker restart leaves kafka-python's producer failing.
+    producer = ReplacingProducer(lambda: make_producer(runtime.settings))
+    producer.get()
     producers.append(producer)
     try:
         run_relay(

@@ -1,12 +1,20 @@
-"""kafka-python clients configured from settings (bootstrap, SASL/TLS, group timeouts)."""
+"""kafka-python clients configured from settings (bootstrap, SASL/TLS, group timeouts), and the
+rule for a long-lived producer: replaced after a failed send (`ReplacingProducer`)."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
+from kafka.errors import KafkaError
 
 from refinery.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def security_config(settings: Settings) -> dict[str, Any]:
@@ -59,3 +67,83 @@ def make_consumer(
     }
     config.update(overrides)
     return KafkaConsumer(*topics, **config)
+
+
+class ReplacingProducer:
+    """A process's long-lived producer, made again after a send failed.
+
+    kafka-python's producer (idempotent by default) is left failing every send once the broker
+    restarts without its state (`UnknownProducerIdError`, then `KafkaError` from InitProducerId)
+    until it is replaced. So any `KafkaError` that `send` raises, or that a sent record's future
+    fails with, marks the producer broken, and the next `send` closes it (without waiting: what
+    it still held has failed) and makes a new one. The failed send is not retried here: its
+    caller sees the error and retries as on any Kafka failure (the relay's next pass, ingest's
+    rewind), then through the new producer.
+
+    Stands in for a KafkaProducer where callers use `send`, `flush`, `close`; `current` is the
+    producer in use (None before the first), for readiness checks. The collector keeps its own
+    per-app-state producer (refinery/collector/router.py) by the same rule."""
+
+    def __init__(self, make: Callable[[], KafkaProducer]) -> None:
+        self._make = make
+        self._lock = threading.Lock()
+        self._producer: KafkaProducer | None = None
+        self._broken: KafkaProducer | None = None
+        self._closed = False
+        self.replaced = 0  # producers replaced after a failure, for tests and logs
+
+    @property
+    def current(self) -> KafkaProducer | None:
+        return self._producer
+
+    def get(self) -> KafkaProducer:
+        """The producer to send with: made on first use, or again after one failed. Raises what
+        making it raises (NoBrokersAvailable: Kafka is down)."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("ReplacingProducer is closed")
+            old = self._producer
+            if self._broken is not None and old is self._broken:
+                self._producer = None
+                self.replaced += 1
+                log.warning("Kafka producer replaced after a failed send")
+                with contextlib.suppress(Exception):  # already failing: nothing to wait for
+                    old.close(timeout=0)
+            if self._producer is None:
+                self._producer = self._make()
+            return self._producer
+
+    def failed(self, producer: KafkaProducer | None = None) -> None:
+        """Mark `producer` (default: the one in use) broken: the next `get` replaces it. Safe
+        from the producer's own I/O thread (a future's errback), which must not close it."""
+        target = producer if producer is not None else self._producer
+        if target is not None:
+            self._broken = target
+
+    def send(self, topic: str, **kwargs: Any) -> Any:
+        """KafkaProducer.send through the current producer; a KafkaError, raised here or by the
+        returned future, marks that producer broken."""
+        producer = self.get()
+        try:
+            future = producer.send(topic, **kwargs)
+        except KafkaError:
+            self.failed(producer)
+            raise
+        future.add_errback(self._on_error, producer)
+        return future
+
+    def _on_error(self, producer: KafkaProducer, error: BaseException) -> None:
+        if isinstance(error, KafkaError):
+            self.failed(producer)
+
+    def flush(self, timeout: float | None = None) -> None:
+        producer = self._producer
+        if producer is not None:
+            producer.flush(timeout=timeout)
+
+    def close(self, timeout: float | None = None) -> None:
+        with self._lock:
+            self._closed = True
+            producer, self._producer = self._producer, None
+        if producer is not None:
+            producer.close(timeout=timeout)

@@ -3,7 +3,9 @@
 At-least-once by construction (publish, wait for the ack, then mark); a crash in between
 republishes the same outbox row, and consumers drop duplicates by its `outbox_id`. A pass that
 fails because the database or Kafka is unreachable is retried after `idle_sleep_s`: the relay
-waits out an outage (its /readyz says 503 meanwhile) instead of exiting.
+waits out an outage (its /readyz says 503 meanwhile) instead of exiting. `refinery relay` sends
+through a `ReplacingProducer` (refinery/kafka/clients.py): a producer left failing by a broker
+restart is replaced, so approvals made after the restart are still published.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from refinery.kafka.clients import ReplacingProducer
 from refinery.ops.metrics import OUTBOX_BACKLOG, OUTBOX_PUBLISHED
 from refinery.store.models import OutboxRow, utcnow
 
@@ -41,7 +44,8 @@ def relay_once(sessions: sessionmaker[Session], producer, batch_size: int) -> in
             .limit(batch_size)
         )
         if session.get_bind().dialect.name == "postgresql":
-            query = query.with_for_update(skip_locked=True)  # several relays never send one row twice at once
+            # several relays never send one row twice at once
+            query = query.with_for_update(skip_locked=True)
         rows = session.scalars(query).all()
         if not rows:
             return 0
@@ -76,6 +80,8 @@ def run_relay(
         try:
             sent = relay_once(sessions, producer, batch_size)
         except (OperationalError, KafkaError) as exc:
+            if isinstance(exc, KafkaError) and isinstance(producer, ReplacingProducer):
+                producer.failed()  # a future that timed out never failed: replace it too
             log.warning("relay pass failed, retrying in %.1f s: %s", idle_sleep_s, exc)
             time.sleep(idle_sleep_s)
             continue
