@@ -67,7 +67,7 @@ _BULLET = re.compile(r"^(\s*(?:[-*•]|\d+[.)])\s+)")
 class Fit:
     proposed_text: str
     replaced: str | None = None  # the conflicting line the instruction replaces
-    section: str | None = None  # heading (or first line) of the section it joined
+    section: str | None = None  # heading of the section it joined (None: a block without one)
 
 
 def _is_instruction(line: str) -> bool:
@@ -75,7 +75,7 @@ def _is_instruction(line: str) -> bool:
 
 
 def _sections(lines: list[str]) -> list[tuple[str, list[int]]]:
-    """(heading or first line, indexes of its lines), in order."""
+    """(heading, "" for a block without one; indexes of its lines), in order."""
     has_headings = any(_HEADING.match(line) for line in lines if line.strip())
     out: list[tuple[str, list[int]]] = []
     for i, line in enumerate(lines):
@@ -88,9 +88,7 @@ def _sections(lines: list[str]) -> list[tuple[str, list[int]]]:
                 out.append(("", []))
             out[-1][1].append(i)
     return [
-        (title or lines[idx[0]].strip(), idx)
-        for title, idx in out
-        if idx and any(_is_instruction(lines[i]) for i in idx)
+        (title, idx) for title, idx in out if idx and any(_is_instruction(lines[i]) for i in idx)
     ]
 
 
@@ -148,4 +146,4 @@ def fit(
     if number := re.search(r"\d+", prefix):  # the next item of a numbered list
         prefix = prefix.replace(number.group(), str(int(number.group()) + 1), 1)
     new = [*lines[: last + 1], prefix + instruction, *lines[last + 1 :]]
-    return Fit("\n".join(new) + "\n", section=title)
+    return Fit("\n".join(new) + "\n", section=title or None)

@@ -94,3 +94,10 @@ def test_unrelated_prompt_or_no_model_appends_after_a_blank_line(embed) -> None:
         fit(prompt + "\n" + RULES["language"], "language", RULES["language"], None, **LIMITS)
         is None
     )
+
+
+def test_a_block_without_a_heading_is_joined_and_named_no_section(embed) -> None:
+    block = "You are the support assistant.\nAnswer questions about orders and returns.\n"
+    joined = fit(block, "length", RULES["length"], embed, **LIMITS)
+    assert joined is not None and joined.section is None and joined.replaced is None
+    assert joined.proposed_text == block + RULES["length"] + "\n"
