@@ -38,6 +38,15 @@ MATRIX = [
         "reviewer",
         {"action": "reject", "proposals": [{"id": "p_matrix", "expected_version": 1}]},
     ),
+    ("GET", "/v1/proposals/{proposal_id}/export", "viewer", None),
+    ("GET", "/v1/apps/{app_id}/impact", "viewer", None),
+    ("GET", "/v1/apps/{app_id}/corpus", "viewer", None),
+    (
+        "POST",
+        "/v1/apps/{app_id}/corpus",
+        "reviewer",
+        {"documents": [{"id": "kb-matrix", "text": "# Warranty\n\nRefurbished: one year."}]},
+    ),
     ("GET", "/v1/prompts/{app_id}/{name}", "viewer", None),
     ("PUT", "/v1/prompts/{app_id}/{name}", "admin", {"text": "admin wrote this\n"}),
     ("GET", "/v1/me", "viewer", None),
@@ -65,7 +74,8 @@ def test_matrix_lists_every_v1_route(api_env):
 def _fill(api_env, path: str, needs_approved: bool) -> str:
     """A fresh target per request, so an allowed call can succeed."""
     status = "approved" if needs_approved else "pending"
-    pid = insert_proposal(api_env.sessions, "rag_source", status=status)
+    kind = "fine_tune_dataset" if path.endswith("/export") else "rag_source"  # what exports
+    pid = insert_proposal(api_env.sessions, kind, status=status)
     token_id = "t_missing"
     if "{token_id}" in path:
         from refinery.api.tokens import Role, create_token
