@@ -21,9 +21,16 @@ log = logging.getLogger("refinery")
 
 def _setup_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # kafka-python and Celery narrate every connection and task at INFO; keep our own lines readable.
+    # kafka-python and Celery narrate every connection and task at INFO: keep our own readable.
     if level.upper() != "DEBUG":
-        for noisy in ("kafka", "celery.app.trace", "sentence_transformers", "httpx", "alembic", "faiss"):
+        for noisy in (
+            "kafka",
+            "celery.app.trace",
+            "sentence_transformers",
+            "httpx",
+            "alembic",
+            "faiss",
+        ):
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -65,7 +72,10 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
     consumer = IngestConsumer(
         settings,
         consumer=make_consumer(
-            settings, settings.topic_interactions, settings.topic_feedback, group_id=settings.ingest_group_id
+            settings,
+            settings.topic_interactions,
+            settings.topic_feedback,
+            group_id=settings.ingest_group_id,
         ),
         producer=producer,
         sessions=runtime.sessions,
@@ -74,12 +84,22 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
         enqueue_sessions=session_enqueue(settings),
     )
     # Without Celery beat (eager mode) the abandon and orphan sweeps run between polls.
-    tick = inline_sweeps(settings, runtime.sessions, producer, enqueue) if settings.celery_eager else None
-    log.info("ingest: consuming %s, %s as group %s", settings.topic_interactions,
-             settings.topic_feedback, settings.ingest_group_id)
+    tick = (
+        inline_sweeps(settings, runtime.sessions, producer, enqueue)
+        if settings.celery_eager
+        else None
+    )
+    log.info(
+        "ingest: consuming %s, %s as group %s",
+        settings.topic_interactions,
+        settings.topic_feedback,
+        settings.ingest_group_id,
+    )
     health = start_health(settings, ingest_checks(settings, consumer))
     try:
-        stats = consumer.run(should_stop=lambda: stop[0], until_caught_up=args.until_caught_up, tick=tick)
+        stats = consumer.run(
+            should_stop=lambda: stop[0], until_caught_up=args.until_caught_up, tick=tick
+        )
     except DeadLetterCapExceeded as exc:
         log.error("ingest stopped by the dead-letter cap: %s", exc)
         return 3
@@ -96,7 +116,10 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     if settings.celery_eager:
-        print("refinery worker needs REDIS_URL: without it tasks run eagerly inside ingest", file=sys.stderr)
+        print(
+            "refinery worker needs REDIS_URL: without it tasks run eagerly inside ingest",
+            file=sys.stderr,
+        )
         return 2
     from refinery.ops.roles import clear_multiprocess_dir, install_worker_hooks
 
@@ -235,7 +258,9 @@ def cmd_produce(settings: Settings, args: argparse.Namespace) -> int:
     if settings.kafka_bootstrap_servers is None:
         print("refinery produce needs KAFKA_BOOTSTRAP_SERVERS", file=sys.stderr)
         return 2
-    topic = {"interactions": settings.topic_interactions, "feedback": settings.topic_feedback}[args.topic]
+    topic = {"interactions": settings.topic_interactions, "feedback": settings.topic_feedback}[
+        args.topic
+    ]
     producer = make_producer(settings)
     stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
     sent = 0
@@ -268,13 +293,17 @@ def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
     from refinery.kafka.clients import make_producer, security_config
 
     if settings.kafka_bootstrap_servers is None:
-        print("refinery dlq needs KAFKA_BOOTSTRAP_SERVERS (the embedded broker keeps nothing)",
-              file=sys.stderr)
+        print(
+            "refinery dlq needs KAFKA_BOOTSTRAP_SERVERS (the embedded broker keeps nothing)",
+            file=sys.stderr,
+        )
         return 2
     offsets = _parse_offsets(args.offset or [])
     if args.dlq_cmd == "replay" and not (args.all or args.reason or offsets):
-        print("refinery dlq replay: choose what to replay with --reason, --offset or --all",
-              file=sys.stderr)
+        print(
+            "refinery dlq replay: choose what to replay with --reason, --offset or --all",
+            file=sys.stderr,
+        )
         return 2
     letters = read_dead_letters(
         {"bootstrap_servers": settings.kafka_bootstrap_servers, **security_config(settings)},
@@ -285,17 +314,31 @@ def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
     )
     if args.dlq_cmd == "list":
         if args.json:
-            print(json.dumps([
-                {"partition": d.partition, "offset": d.offset, "timestamp_ms": d.timestamp_ms,
-                 **d.headers, "value": (d.value or b"").decode("utf-8", "replace")}
-                for d in letters
-            ], indent=2, ensure_ascii=False))
+            print(
+                json.dumps(
+                    [
+                        {
+                            "partition": d.partition,
+                            "offset": d.offset,
+                            "timestamp_ms": d.timestamp_ms,
+                            **d.headers,
+                            "value": (d.value or b"").decode("utf-8", "replace"),
+                        }
+                        for d in letters
+                    ],
+                    indent=2,
+                    ensure_ascii=False,
+                )
+            )
             return 0
         print(f"{len(letters)} dead letter(s) on {settings.topic_dead_letter}")
         for d in letters:
             at = datetime.fromtimestamp(d.timestamp_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
             h = d.headers
-            source = f"{h.get('source_topic', '?')}/{h.get('source_partition', '?')}@{h.get('source_offset', '?')}"
+            source = (
+                f"{h.get('source_topic', '?')}/{h.get('source_partition', '?')}"
+                f"@{h.get('source_offset', '?')}"
+            )
             preview = " ".join((d.value or b"").decode("utf-8", "replace").split())[:80]
             print(f"{d.partition}:{d.offset:<8} {at}  {d.reason:<26} {source}")
             print(f"    {h.get('detail', '')}")
@@ -318,8 +361,11 @@ def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
     for d, why in done.refused:
         print(f"refused {d.partition}:{d.offset} ({d.reason}): {why}", file=sys.stderr)
     if done.refused:
-        print(f"refused {len(done.refused)} dead letter(s); they stay on"
-              f" {settings.topic_dead_letter}", file=sys.stderr)
+        print(
+            f"refused {len(done.refused)} dead letter(s); they stay on"
+            f" {settings.topic_dead_letter}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -500,12 +546,12 @@ def cmd_prompts(settings: Settings, args: argparse.Namespace) -> int:
             row = set_prompt(session, app_id=args.app, name=args.name, text=text, source="cli")
             print(f"{args.app}/{args.name}: current version {row.version}")
             return 0
-        row = current_prompt(session, app_id=args.app, name=args.name)
-        if row is None:
+        current = current_prompt(session, app_id=args.app, name=args.name)
+        if current is None:
             print(f"error: no prompt {args.name!r} for app {args.app!r}", file=sys.stderr)
             return 4
-        print(f"# {args.app}/{row.name} version {row.version} ({row.source})")
-        print(row.text, end="" if row.text.endswith("\n") else "\n")
+        print(f"# {args.app}/{current.name} version {current.version} ({current.source})")
+        print(current.text, end="" if current.text.endswith("\n") else "\n")
         return 0
 
 
@@ -519,20 +565,33 @@ def cmd_failed(settings: Settings, args: argparse.Namespace) -> int:
         with sessions() as session:
             rows = list_failed(session, parked_only=not args.tracked)
         if args.json:
-            print(json.dumps([
-                {"id": r.id, "kind": r.kind, "key": r.item_key, "app_id": r.app_id,
-                 "attempts": r.attempts, "last_error": r.last_error,
-                 "parked_at": r.parked_at.isoformat() if r.parked_at else None}
-                for r in rows
-            ], indent=2))
+            print(
+                json.dumps(
+                    [
+                        {
+                            "id": r.id,
+                            "kind": r.kind,
+                            "key": r.item_key,
+                            "app_id": r.app_id,
+                            "attempts": r.attempts,
+                            "last_error": r.last_error,
+                            "parked_at": r.parked_at.isoformat() if r.parked_at else None,
+                        }
+                        for r in rows
+                    ],
+                    indent=2,
+                )
+            )
             return 0
         if not rows:
             print("no failed work" if not args.tracked else "no work tracked")
             return 0
         for r in rows:
             state = f"parked {r.parked_at:%Y-%m-%d %H:%M:%S}" if r.parked_at else "tracked"
-            print(f"{r.id}\t{r.kind}\t{r.item_key}\tapp={r.app_id}\tattempts={r.attempts}"
-                  f"\t{state}\t{r.last_error or ''}")
+            print(
+                f"{r.id}\t{r.kind}\t{r.item_key}\tapp={r.app_id}\tattempts={r.attempts}"
+                f"\t{state}\t{r.last_error or ''}"
+            )
         return 0
     if not args.all and not args.ids:
         print("refinery failed retry: name the ids to retry, or --all", file=sys.stderr)
@@ -540,8 +599,9 @@ def cmd_failed(settings: Settings, args: argparse.Namespace) -> int:
     from refinery.dispatch import dispatcher
 
     with sessions.begin() as session:
-        rows = retry_failed(session, dispatcher(settings).enqueuers(), settings,
-                            ids=None if args.all else args.ids)
+        rows = retry_failed(
+            session, dispatcher(settings).enqueuers(), settings, ids=None if args.all else args.ids
+        )
     print(f"sent again {len(rows)} failed item(s)")
     return 0 if rows or args.all else 4
 
@@ -560,10 +620,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("migrate", help="bring the database schema up to date").set_defaults(func=cmd_migrate)
+    sub.add_parser("migrate", help="bring the database schema up to date").set_defaults(
+        func=cmd_migrate
+    )
 
     p = sub.add_parser("ingest", help="consume interaction and feedback events")
-    p.add_argument("--until-caught-up", action="store_true", help="stop at the end of every partition")
+    p.add_argument(
+        "--until-caught-up", action="store_true", help="stop at the end of every partition"
+    )
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("worker", help="Celery worker (embed, cluster, propose, signals queues)")
@@ -578,8 +642,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", default="var/celerybeat-schedule")
     p.set_defaults(func=cmd_beat)
 
-    sub.add_parser("relay", help="publish approved refinements (outbox) to Kafka").set_defaults(func=cmd_relay)
-    sub.add_parser("demo", help="run the pipeline end to end on a synthetic app").set_defaults(func=cmd_demo)
+    sub.add_parser("relay", help="publish approved refinements (outbox) to Kafka").set_defaults(
+        func=cmd_relay
+    )
+    sub.add_parser("demo", help="run the pipeline end to end on a synthetic app").set_defaults(
+        func=cmd_demo
+    )
 
     p = sub.add_parser(
         "scenario",
@@ -618,9 +686,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--kind", choices=[k.value for k in ProposalKind])
     q.add_argument("--status", choices=[s.value for s in ProposalStatus])
     q.add_argument("--search", help="text in titles, cluster labels and example queries")
-    q.add_argument("--sort", choices=["newest", "oldest", "size", "impact"], default="newest",
-                   help="newest or oldest first, size: most failing interactions first, or"
-                   " impact: highest expected impact first")
+    q.add_argument(
+        "--sort",
+        choices=["newest", "oldest", "size", "impact"],
+        default="newest",
+        help="newest or oldest first, size: most failing interactions first, or"
+        " impact: highest expected impact first",
+    )
     q.add_argument("--limit", type=int, default=50)
     q.add_argument("--offset", type=int, default=0, help="skip this many; past the end: last page")
     claimed = q.add_mutually_exclusive_group()
@@ -642,8 +714,12 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("id")
         q.add_argument("--comment")
         q.add_argument("--actor", default="cli")
-        q.add_argument("--version", type=int, help="fail unless the proposal is at this version",
-                       required=name == "edit")
+        q.add_argument(
+            "--version",
+            type=int,
+            help="fail unless the proposal is at this version",
+            required=name == "edit",
+        )
     q.add_argument("--proposed-text-file", help="system_prompt_edit: file with the new prompt")
     q.add_argument("--topic", help="rag_source: new topic")
     q.add_argument("--must-cover", action="append", help="rag_source: must-cover item (repeat)")

@@ -148,6 +148,7 @@ def test_every_export_passes_its_format_validator(tools, fmt: str) -> None:
 
 def test_hf_export_loads_with_the_datasets_library(tools, tmp_path) -> None:
     import datasets  # the dev extra's: the format's real consumer
+
     files = export_files(prepare("p_0123456789abcdef", _dataset(), **tools), "hf")
     for path, content in files.items():
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
