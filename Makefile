@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install system-deps demo test test-unit bench chaos lint format schemas docs clean
+.PHONY: install system-deps demo test test-unit bench chaos lint typecheck format schemas docs clean
 
 # torch first, pinned to the CPU build on this machine's disk: a bare `torch` requirement
 # (via sentence-transformers) would download a multi-GB CUDA build.
@@ -52,9 +52,14 @@ CHAOS_ARGS ?=
 chaos: install
 	$(PY) -m tests.chaos.suite $(CHAOS_ARGS)
 
+# The gate CI runs before the tests (.ci/run): ruff over the tree, mypy over the contract and
+# the core. The import contracts (refinery never imports workers) are a test.
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+typecheck: install
+	$(VENV)/bin/mypy schemas refinery
 
 format: install
 	$(VENV)/bin/ruff format .
