@@ -2,8 +2,9 @@
 
 | role   | /readyz passes when                                                         |
 |--------|-----------------------------------------------------------------------------|
-| ingest | it polled Kafka within KAFKA_MAX_POLL_INTERVAL_MS, the database answers, and |
-|        | its last batch was not interrupted by an unreachable dependency              |
+| ingest | it polled Kafka within KAFKA_MAX_POLL_INTERVAL_MS, its consumer holds a      |
+|        | broker connection, the database answers, and its last batch was not          |
+|        | interrupted by an unreachable dependency                                     |
 | worker | its broker answers a Redis PING (REDIS_URL), and the database answers        |
 | beat   | its broker answers a Redis PING                                              |
 | relay  | the database answers, and its Kafka producer holds a broker connection       |
@@ -42,6 +43,7 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class _Polls(Protocol):
+    consumer: Any  # its KafkaConsumer
     last_poll_at: float  # time.monotonic() of the last poll; 0.0 before the first
     # Why the last batch was interrupted (a dependency unreachable), None when it went through.
     unavailable: str | None
@@ -119,6 +121,16 @@ def producer_connected(producer: Callable[[], Any]) -> Check:
     return check
 
 
+def consumer_connected(consumer: Callable[[], Any]) -> Check:
+    """The same for a consumer: a poll does not fail while every broker is gone, it returns
+    nothing, so this is what says Kafka is down. Its fetches keep a connection busy."""
+
+    def check() -> bool:
+        return float(consumer().metrics()["consumer-metrics"]["connection-count"]) > 0
+
+    return check
+
+
 def start_health(settings: Settings, checks: Mapping[str, Check]) -> ThreadingHTTPServer | None:
     """Serve /livez, /readyz (the bounded `checks`) and /metrics on HEALTH_PORT, or nothing when
     it is 0. Returns the server for `stop_health`."""
@@ -142,6 +154,7 @@ def stop_health(server: ThreadingHTTPServer | None) -> None:
 def ingest_checks(settings: Settings, consumer: _Polls) -> dict[str, Check]:
     return {
         "kafka_poll": polled_within(consumer, settings.kafka_max_poll_interval_ms / 1000),
+        "kafka": consumer_connected(lambda: consumer.consumer),
         "database": database_check(settings.database_url),
         # Kafka, the Celery broker or the database failed the last batch: it backs off and
         # resumes from the committed offsets (refinery.ingest.consumer), not ready meanwhile.

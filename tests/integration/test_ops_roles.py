@@ -134,7 +134,7 @@ def test_ingest_health_and_event_counters(
         body = ready(port, process)
         assert body == {
             "status": "ok",
-            "checks": {"kafka_poll": True, "database": True, "dependencies": True},
+            "checks": {"kafka_poll": True, "kafka": True, "database": True, "dependencies": True},
         }
 
         valid = [
