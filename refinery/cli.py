@@ -132,8 +132,9 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     argv = ["worker", "--loglevel", args.loglevel, "--queues", args.queues, "--pool", args.pool]
     if args.concurrency:
         argv += ["--concurrency", str(args.concurrency)]
-    dispatcher(settings).main(argv)
-    return 0
+    # Non-zero after Celery's "Unrecoverable error" (the worker's own exit code, read by the
+    # dispatcher): a supervisor restarting on failure must see it.
+    return dispatcher(settings).main(argv)
 
 
 def cmd_beat(settings: Settings, args: argparse.Namespace) -> int:
@@ -145,12 +146,11 @@ def cmd_beat(settings: Settings, args: argparse.Namespace) -> int:
 
     health = start_health(settings, broker_checks(settings))
     try:
-        dispatcher(settings).main(
+        return dispatcher(settings).main(
             ["beat", "--loglevel", args.loglevel, "--schedule", args.schedule]
         )
     finally:
         stop_health(health)
-    return 0
 
 
 def cmd_relay(settings: Settings, _: argparse.Namespace) -> int:

@@ -38,8 +38,9 @@ class Dispatcher(Protocol):
     def enqueuers(self) -> Enqueuers:
         """The reconciler's senders, one per kind of due work."""
 
-    def main(self, argv: list[str]) -> None:
-        """Run a queue role in this process ("worker ..." or "beat ..."), until it stops."""
+    def main(self, argv: list[str]) -> int:
+        """Run a queue role in this process ("worker ..." or "beat ..."), until it stops; returns
+        its exit status (non-zero when it failed, so that a supervisor restarts it)."""
 
 
 Factory = Callable[[Settings], Dispatcher]

@@ -46,10 +46,27 @@ class CeleryDispatcher:
 
         return reconcile_enqueuers()
 
-    def main(self, argv: list[str]) -> None:
+    def main(self, argv: list[str]) -> int:
+        from celery.signals import worker_init
+
         from workers.celery_app import app
 
-        app.start(argv)
+        # A worker that stops on "Unrecoverable error" sets its exitcode to 1, but `app.start`
+        # returns None all the same (click, non-standalone): read the worker's own code, so that
+        # a supervisor restarting on failure sees one.
+        workers: list = []
+
+        def remember(sender: object = None, **_: object) -> None:
+            workers.append(sender)
+
+        worker_init.connect(remember, weak=False)
+        try:
+            code = app.start(argv)
+        finally:
+            worker_init.disconnect(remember)
+        if not code and workers:
+            code = getattr(workers[0], "exitcode", None)
+        return int(code or 0)
 
     def _send(self, task: str, *args: object, queue: str) -> None:
         if self.eager:
