@@ -442,7 +442,7 @@ def _negative(rng: random.Random) -> tuple[str, str]:
     else:  # a number and capitalised words, but no street; a name without a telling phrase
         value = rng.choice(("3 Main Things", "2 Factor Auth", "Windows 11 Pro", "4 Pro Max",
                             "10 Best Practices", "this is what I was speaking of",
-                            "Anna Smith's team", "Version 2 Drive", "ISO 27001"))  # fmt: skip
+                            "Greta Nilsson's team", "Version 2 Drive", "ISO 27001"))  # fmt: skip
         clause = rng.choice(("The page '{}' is broken.", "Is '{}' supported?"))
     return clause.format(value), value
 
