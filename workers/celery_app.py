@@ -153,6 +153,11 @@ def configure(app: Celery, settings: Settings) -> Celery:
         },
         worker_hijack_root_logger=False,
     )
+    # Forget the connection and producer pools made for the previous broker URL (Celery keeps
+    # them per app, as it does across a fork): sends go to the broker configured now.
+    app._pool = None
+    if "amqp" in app.__dict__:
+        app.amqp._producer_pool = None
     return app
 
 
