@@ -22,7 +22,7 @@ from sqlalchemy import select, true, update
 from sqlalchemy.orm import Session
 
 from refinery.cluster.algorithm import assign_to_centroids
-from refinery.embed.service import vectors_from_rows
+from refinery.embed.service import query_vector, vectors_from_rows
 from refinery.settings import Settings
 from refinery.store.models import Cluster, Embedding, Interaction, utcnow
 
@@ -75,7 +75,7 @@ def assign_due(
         select(Interaction.id, Embedding.vector, Embedding.dim)
         .join(
             Embedding,
-            (Embedding.text_hash == Interaction.query_hash) & (Embedding.model == model),
+            query_vector(model),
         )
         .where(*_due(app_id))
         .order_by(Interaction.id)

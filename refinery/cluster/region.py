@@ -22,7 +22,7 @@ from sqlalchemy import false, func, select, true
 from sqlalchemy.orm import Session
 
 from refinery.embed.embedder import Embedder
-from refinery.embed.service import embed_interactions, vectors_from_rows
+from refinery.embed.service import embed_interactions, query_vector, vectors_from_rows
 from refinery.settings import Settings
 from refinery.store.models import Cluster, Embedding, Interaction, utcnow
 
@@ -128,7 +128,7 @@ def _vectors(session: Session, model: str, where: tuple) -> np.ndarray:  # type:
         select(Embedding.vector, Embedding.dim)
         .join(
             Interaction,
-            (Embedding.text_hash == Interaction.query_hash) & (Embedding.model == model),
+            query_vector(model),
         )
         .where(*where)
     ).all()

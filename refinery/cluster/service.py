@@ -40,7 +40,7 @@ from refinery.cluster.lineage import lineage
 from refinery.cluster.split import split_by_failure_type
 from refinery.cluster.titles import Titler
 from refinery.cluster.trends import refresh_trends
-from refinery.embed.service import vectors_from_rows
+from refinery.embed.service import query_vector, vectors_from_rows
 from refinery.settings import Settings
 from refinery.signals.evidence import (
     TYPED_FEEDBACK_KINDS,
@@ -118,7 +118,7 @@ def recluster_app(
         )
         .join(
             Embedding,
-            (Embedding.text_hash == Interaction.query_hash) & (Embedding.model == model),
+            query_vector(model),
         )
         .where(
             Interaction.app_id == app_id,

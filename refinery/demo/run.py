@@ -21,6 +21,7 @@ from refinery.corpus.store import register_path
 from refinery.demo.workload import APP_ID, PROMPT_NAME, SHIPPED_FIXES, Workload, generate
 from refinery.dispatch import dispatcher
 from refinery.embed import embedding_model_name
+from refinery.embed.service import query_vector
 from refinery.ingest.consumer import IngestConsumer
 from refinery.kafka.clients import make_consumer, make_producer
 from refinery.review.service import ProposalFilter, list_proposals
@@ -181,7 +182,7 @@ def _wait_for_embeddings(sessions, model: str, timeout_s: float = 600) -> None: 
                 select(func.count(Interaction.id))
                 .outerjoin(
                     Embedding,
-                    (Embedding.text_hash == Interaction.query_hash) & (Embedding.model == model),
+                    query_vector(model),
                 )
                 .where(Interaction.failing.is_(True), Embedding.text_hash.is_(None))
             )

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, exists, select
 from sqlalchemy.orm import Session
 
 from refinery.embed.embedder import Embedder
@@ -64,6 +64,17 @@ def embed_interactions(
     return EmbedResult(
         embedded=len(todo), cached=len(cached), app_ids=sorted({row.app_id for row in rows})
     )
+
+
+def query_vector(model: str) -> ColumnElement[bool]:
+    """How an interaction finds its query's cached vector under `model` (join on it): by the
+    normalized query's hash ingest stored (refinery/embed/keys.py), never by the text."""
+    return (Embedding.text_hash == Interaction.query_hash) & (Embedding.model == model)
+
+
+def has_query_vector(model: str) -> ColumnElement[bool]:
+    """Whether an interaction's query has a cached vector under `model` (a filter, no join)."""
+    return exists().where(query_vector(model))
 
 
 def vectors_from_rows(blobs: list[bytes], dim: int) -> np.ndarray:

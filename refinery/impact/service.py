@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from refinery.cluster.region import sample_order
 from refinery.embed.embedder import Embedder
-from refinery.embed.service import embed_interactions, vectors_from_rows
+from refinery.embed.service import embed_interactions, query_vector, vectors_from_rows
 from refinery.impact.review_calls import report_applied
 from refinery.impact.verdict import Counts, Verdict, assess
 from refinery.settings import Settings
@@ -282,7 +282,7 @@ def _vectors(session: Session, model: str, ids: list[int]) -> tuple[list[str | N
         select(Interaction.prompt_version, Embedding.vector, Embedding.dim)
         .join(
             Embedding,
-            (Embedding.text_hash == Interaction.query_hash) & (Embedding.model == model),
+            query_vector(model),
         )
         .where(Interaction.id.in_(ids))
     ).all()

@@ -23,7 +23,7 @@ from refinery.cluster.trends import growth
 from refinery.corpus.index import CorpusIndex
 from refinery.corpus.store import corpus_index
 from refinery.embed.embedder import get_embedder
-from refinery.embed.service import vectors_from_rows
+from refinery.embed.service import query_vector, vectors_from_rows
 from refinery.ops.metrics import PROPOSALS, after_commit
 from refinery.propose.drafters import ChatDrafter, Drafter, make_drafter
 from refinery.propose.drafting import DraftInput, MemberEvidence, draft
@@ -405,9 +405,7 @@ def _draft_input(
 ) -> ClusterDraft:
     rows = session.execute(
         select(Interaction, Embedding.vector, Embedding.dim)
-        .join(
-            Embedding, (Embedding.text_hash == Interaction.query_hash) & (Embedding.model == model)
-        )
+        .join(Embedding, query_vector(model))
         .where(Interaction.cluster_id == cluster.id, Interaction.failing.is_(True))
         .order_by(Interaction.id)
     ).all()

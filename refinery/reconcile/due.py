@@ -21,7 +21,8 @@ from sqlalchemy import String, cast, exists, func, or_, select, true, tuple_
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
-from refinery.store.models import ClusterRun, Embedding, FailedWork, Interaction, SessionState
+from refinery.embed.service import has_query_vector
+from refinery.store.models import ClusterRun, FailedWork, Interaction, SessionState
 
 KINDS = ("embed", "assign", "session", "refine")
 
@@ -40,7 +41,7 @@ def _not_parked(kind: str, key: ColumnElement[str]) -> ColumnElement[bool]:
 
 
 def _embedded(model: str) -> ColumnElement[bool]:
-    return exists().where(Embedding.model == model, Embedding.text_hash == Interaction.query_hash)
+    return has_query_vector(model)
 
 
 def _interaction_filter(kind: str, model: str) -> list[ColumnElement[bool]]:
