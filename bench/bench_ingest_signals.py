@@ -264,8 +264,8 @@ def _warm_analysis(settings, prefix: str, interactions: int) -> float:  # type: 
 
 
 def bench_redaction(n: int) -> None:
-    from refinery.ingest.redaction import redact_event
     from refinery.ingest.validate import parse_event
+    from refinery.redact.events import redact_event
     from refinery.settings import Settings
 
     interactions, _, text_bytes = _events(n, seed=1)

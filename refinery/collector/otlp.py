@@ -47,7 +47,6 @@ from refinery.collector.router import (
     producer_for,
 )
 from refinery.emitter.client import event_key
-from refinery.ingest.redaction import redact_event
 from refinery.ingest.validate import InvalidEvent, parse_event
 from refinery.ops.metrics import OTLP_SPANS
 from refinery.otlp.decode import (
@@ -60,6 +59,7 @@ from refinery.otlp.decode import (
     spans_of,
 )
 from refinery.otlp.mapping import Limits, map_spans, skip_message
+from refinery.redact.events import redact_event
 from refinery.settings import Settings
 from schemas.events import FeedbackEvent, InteractionEvent
 

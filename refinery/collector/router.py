@@ -47,8 +47,8 @@ from starlette.concurrency import run_in_threadpool
 from refinery.api.ratelimit import COLLECTOR_KEY, client_of, limiter_for
 from refinery.emitter.client import event_key
 from refinery.ingest.deadletter import DeadLetterQueue
-from refinery.ingest.redaction import redact_event
 from refinery.ingest.validate import InvalidEvent, parse_event
+from refinery.redact.events import redact_event
 from refinery.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)

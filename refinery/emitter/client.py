@@ -28,6 +28,7 @@ from kafka import KafkaProducer
 from kafka.errors import IncompatibleBrokerVersion, UnsupportedVersionError
 
 from refinery.redact import Redactor
+from refinery.redact.events import redact_event_with
 from schemas.events import FeedbackEvent, InteractionEvent
 
 log = logging.getLogger(__name__)
@@ -235,8 +236,6 @@ class Emitter:
     def _send(self, event: Event) -> None:
         try:
             if self.redactor is not None:
-                from refinery.ingest.redaction import redact_event_with
-
                 event = redact_event_with(event, self.redactor)
             value = event.model_dump_json().encode("utf-8")
             future = self._producer.send(

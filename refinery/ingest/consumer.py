@@ -35,7 +35,6 @@ from kafka.consumer.fetcher import ConsumerRecord
 from sqlalchemy.orm import Session, sessionmaker
 
 from refinery.ingest.deadletter import DeadLetterCap, DeadLetterQueue
-from refinery.ingest.redaction import redact_event
 from refinery.ingest.storage import Origin, SessionKey, judge_touched, sessions_due, store_events
 from refinery.ingest.validate import InvalidEvent, parse_event
 from refinery.ops.metrics import (
@@ -46,6 +45,7 @@ from refinery.ops.metrics import (
     INGEST_BATCH_SIZE,
     INGEST_DEPENDENCY_ERRORS,
 )
+from refinery.redact.events import redact_event
 from refinery.settings import Settings
 from schemas.events import FeedbackEvent, InteractionEvent
 

@@ -1,6 +1,6 @@
 """The dead-letter topic: invalid records with their reason and where they came from.
 
-The value is the original record redacted of PII (refinery.ingest.redaction.redact_bytes), cut
+The value is the original record redacted of PII (refinery.redact.events.redact_bytes), cut
 at DEAD_LETTER_MAX_VALUE_BYTES; headers say why and from where, so `refinery dlq list` can show
 them and `refinery dlq replay` can send them back to their source topic. Headers:
   reason, detail (redacted), source_topic, source_partition, source_offset,
@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from refinery.ingest.redaction import redact_bytes
 from refinery.ingest.validate import InvalidEvent
 from refinery.ops.metrics import EVENTS_DEAD_LETTERED
+from refinery.redact.events import redact_bytes
 
 
 class DeadLetterCapExceeded(RuntimeError):

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from refinery.ingest.redaction import redact_text
+from refinery.redact.events import redact_text
 from refinery.settings import Settings
 from schemas.events import SUPPORTED_MAJOR_VERSION, Event, FeedbackEvent, InteractionEvent
 

@@ -1,6 +1,6 @@
 """Spans -> InteractionEvent / FeedbackEvent dicts (JSON-ready), and why each other span was
 skipped. Pure: no I/O, no settings object; validation and redaction happen after, exactly as for
-`POST /v1/events` (refinery.ingest.validate, refinery.ingest.redaction).
+`POST /v1/events` (refinery.ingest.validate, refinery.redact.events).
 
 Conventions read (the full table is docs/otlp.md):
 - OpenTelemetry GenAI: `gen_ai.operation.name`, `gen_ai.system` / `gen_ai.provider.name`,

@@ -31,8 +31,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from sqlalchemy import select
 
 from refinery.api.app import create_app
-from refinery.ingest.redaction import pseudonymize
 from refinery.otlp.mapping import interaction_id
+from refinery.redact.events import pseudonymize
 from refinery.store.db import migrate, session_factory
 from refinery.store.models import Feedback, Interaction
 from tests.integration.helpers import wait_for

@@ -11,8 +11,8 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from refinery.ingest.redaction import pseudonymize, redact_bytes, redact_event
 from refinery.ingest.validate import REASONS, InvalidEvent, parse_event
+from refinery.redact.events import pseudonymize, redact_bytes, redact_event
 from refinery.settings import Settings
 from schemas.events import FeedbackEvent, FeedbackKind, InteractionEvent
 from tests.canary import KINDS, generate_value

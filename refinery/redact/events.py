@@ -1,5 +1,7 @@
-"""Redaction at the ingest boundary: user text is redacted before it is stored, embedded, put on
-a Celery message, logged or dead-lettered. The redactor itself lives in refinery.redact.
+"""Redaction of whole events and raw records, with the process's redactor (`default_redactor`,
+from the settings) or a given one. Every stage that takes events in (ingest, the collector, OTLP,
+the app-side emitter) calls these, so user text is redacted before it is stored, embedded, put on
+a Celery message, logged or dead-lettered.
 
 What is redacted on an event: query, response, feedback text, metadata (keys and values), the
 titles and URIs of retrieved sources. Identifiers (event, session, interaction ids) that hold PII
@@ -14,12 +16,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from functools import lru_cache
 from typing import Any, TypeVar
 
-from refinery.redact import Redactor
-from refinery.redact.redactor import redact_json_strings
-from refinery.settings import get_settings
+from refinery.redact.redactor import Redactor, default_redactor, redact_json_strings
 from schemas.events import FeedbackEvent, InteractionEvent
 
 # Bound, not constrained: a caller holding either kind (a union) gets the same union back.
@@ -28,18 +27,9 @@ E = TypeVar("E", bound=InteractionEvent | FeedbackEvent)
 _JSON_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
 
 
-@lru_cache(maxsize=1)
-def _redactor() -> Redactor:
-    return Redactor.from_settings(get_settings())
-
-
-def reset_redactor() -> None:
-    """Forget the process's redactor (tests that change the redaction settings)."""
-    _redactor.cache_clear()
-
-
 def redact_text(text: str) -> str:
-    return _redactor().redact(text)
+    """`text` redacted by the process's redactor (settings)."""
+    return default_redactor().redact(text)
 
 
 _PSEUDONYM = re.compile(r"pii-[a-p]{40}")
@@ -52,7 +42,7 @@ def pseudonymize(identifier: str, redactor: Redactor | None = None) -> str:
     redaction rule matches it and redacting twice (collector, then ingest) changes nothing."""
     if _PSEUDONYM.fullmatch(identifier):
         return identifier
-    if (redactor or _redactor()).redact(identifier) == identifier:
+    if (redactor or default_redactor()).redact(identifier) == identifier:
         return identifier
     digest = hashlib.sha256(identifier.encode("utf-8", "surrogatepass")).hexdigest()[:40]
     return "pii-" + digest.translate(_HEX_TO_LETTERS)
@@ -60,10 +50,11 @@ def pseudonymize(identifier: str, redactor: Redactor | None = None) -> str:
 
 def redact_event(event: E) -> E:
     """The event with its user text redacted by the process's redactor (settings)."""
-    return redact_event_with(event, _redactor())
+    return redact_event_with(event, default_redactor())
 
 
 def redact_event_with(event: E, r: Redactor) -> E:
+    """The event with its user text redacted by `r`, identifiers holding PII pseudonymized."""
     ids = {
         "event_id": pseudonymize(event.event_id, r),
         "interaction_id": pseudonymize(event.interaction_id, r),
@@ -106,7 +97,7 @@ def redact_bytes(raw: bytes | None) -> bytes | None:
     if raw is None:
         return None
     try:
-        redacted: Any = redact_json_strings(json.loads(raw.decode("utf-8")), _redactor())
+        redacted: Any = redact_json_strings(json.loads(raw.decode("utf-8")), default_redactor())
         out = json.dumps(redacted, ensure_ascii=False)
         try:
             return out.encode("utf-8")
@@ -115,7 +106,7 @@ def redact_bytes(raw: bytes | None) -> bytes | None:
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         pass
     text = _JSON_ESCAPE.sub(_unescape, raw.decode("utf-8", "surrogateescape"))
-    return _redactor().redact(text).encode("utf-8", "surrogateescape")
+    return default_redactor().redact(text).encode("utf-8", "surrogateescape")
 
 
 def _unescape(match: re.Match[str]) -> str:
