@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 from refinery.cluster.algorithm import centroids as compute_centroids
 from refinery.cluster.algorithm import fit_clusters
 from refinery.cluster.labels import cluster_keywords, representative_queries
-from refinery.cluster.lineage import lineage
+from refinery.cluster.lineage import LineageEvent, lineage
 from refinery.cluster.split import split_by_failure_type
 from refinery.cluster.titles import Titler
 from refinery.cluster.trends import refresh_trends
@@ -80,6 +80,36 @@ class ClusterRunResult:
     type_splits: int = 0  # text clusters split by their members' failure types
 
 
+@dataclass
+class _Previous:
+    """The app's active clusters before the run, and which of the window's queries each holds."""
+
+    clusters: dict[str, Cluster]
+    members: dict[str, set[int]]
+
+
+@dataclass
+class _Cut:
+    """The window's queries grouped: one label per row (-1: outlier)."""
+
+    vectors: np.ndarray  # (n, dim) float32, one per row
+    labels: np.ndarray  # (n,) int64
+    threshold: float | None  # the similarity the merge tree was cut at; None without queries
+    type_splits: int = 0
+    members: dict[int, list[int]] = field(default_factory=dict)  # label -> row positions
+    centroids: np.ndarray | None = None  # (labels, dim), row = label; None without clusters
+
+
+@dataclass
+class _Naming:
+    """The id each label takes, and the labels largest first (the order ids were given in)."""
+
+    names: dict[int, str]
+    order: list[int]
+    claimed: set[str]  # old ids taken over
+    kept_by_centroid: int
+
+
 def _new_cluster_id(app_id: str, member_ids: list[int]) -> str:
     # Derived from the members, not random: the same first run on the same data gives the same ids.
     digest = hashlib.sha256(f"{app_id}:{','.join(map(str, member_ids))}".encode()).hexdigest()
@@ -95,6 +125,9 @@ def recluster_app(
     now: datetime | None = None,
     titler: Titler | None = None,
 ) -> ClusterRunResult:
+    """Re-cluster the app's failing queries of the window (the steps in the module docstring),
+    in the caller's transaction: everything is flushed, nothing committed. The caller holds the
+    app's cluster lock."""
     now = now or utcnow()
     window_start = now - timedelta(days=settings.cluster_window_days)
     run = ClusterRun(
@@ -105,7 +138,43 @@ def recluster_app(
         counts={},
     )
     result = ClusterRunResult(app_id=app_id, run_id=run.id)
-    rows = session.execute(
+    rows = _failing_in_window(session, app_id, model, window_start)
+    previous = _previous_clusters(session, app_id, rows)
+    _release_recovered(session, app_id)
+    cut = _cut(session, app_id, rows, window_start, settings)
+    result.type_splits = cut.type_splits
+    result.outliers = int((cut.labels < 0).sum())
+    result.clustered = len(rows) - result.outliers
+
+    naming = _name_clusters(app_id, rows, cut, previous, settings)
+    result.kept_by_centroid = naming.kept_by_centroid
+    result.kept = sum(1 for name in naming.names.values() if name in previous.clusters)
+    result.created = len(naming.names) - result.kept
+
+    events = _record_lineage(session, run, rows, cut, naming, previous, settings, now)
+    result.merges = sum(e.kind == "merge" for e in events)
+    result.splits = sum(e.kind == "split" for e in events)
+
+    assignment, docs = _store_clusters(session, run, rows, cut, naming, previous, settings, now)
+    result.cluster_ids = [naming.names[label] for label in naming.order]
+    _label_clusters(session, docs, settings, titler)
+    result.retired = _retire_unclaimed(previous, naming.claimed, run, now)
+    _write_membership(session, rows, assignment, now)
+    session.flush()
+    refresh_trends(session, app_id, settings, now=now)
+
+    run.finished_at = utcnow()
+    run.counts = _run_counts(result, cut.threshold)
+    session.add(run)
+    session.flush()
+    return result
+
+
+def _failing_in_window(
+    session: Session, app_id: str, model: str, window_start: datetime
+) -> Sequence[Row[Any]]:
+    """The app's failing interactions of the window that have a vector, in id order."""
+    return session.execute(
         select(
             Interaction.id,
             Interaction.query,
@@ -116,10 +185,7 @@ def recluster_app(
             Embedding.vector,
             Embedding.dim,
         )
-        .join(
-            Embedding,
-            query_vector(model),
-        )
+        .join(Embedding, query_vector(model))
         .where(
             Interaction.app_id == app_id,
             Interaction.failing == true(),
@@ -127,13 +193,24 @@ def recluster_app(
         )
         .order_by(Interaction.id)
     ).all()
-    old_clusters = {
+
+
+def _previous_clusters(session: Session, app_id: str, rows: Sequence[Row[Any]]) -> _Previous:
+    clusters = {
         c.id: c
         for c in session.scalars(
             select(Cluster).where(Cluster.app_id == app_id, Cluster.active.is_(True))
         )
     }
-    # Interactions that stopped failing (a later thumbs-up) leave their cluster.
+    members: dict[str, set[int]] = {}
+    for r in rows:
+        if r.cluster_id in clusters:
+            members.setdefault(r.cluster_id, set()).add(r.id)
+    return _Previous(clusters, members)
+
+
+def _release_recovered(session: Session, app_id: str) -> None:
+    """Interactions that stopped failing (a later thumbs-up) leave their cluster."""
     session.execute(
         update(Interaction)
         .where(
@@ -143,105 +220,130 @@ def recluster_app(
         )
         .values(cluster_id=None)
     )
-    ids = [r.id for r in rows]
-    if rows:
-        vectors = vectors_from_rows([r.vector for r in rows], rows[0].dim)
-        clustering = fit_clusters(
-            vectors,
-            similarity_threshold=settings.cluster_similarity_threshold,
-            min_cluster_size=settings.cluster_min_size,
-            neighbors=settings.cluster_neighbors,
-            attach_threshold=settings.cluster_attach_similarity,
-            max_graph_points=settings.cluster_max_graph_points,
-            similarity_min=settings.cluster_similarity_min,
-            similarity_max=settings.cluster_similarity_max,
-        )
-        threshold = clustering.similarity_threshold
-        # A topic that fails in two clear ways is two failure modes: split it by the members'
-        # evidence before ids and lineage are given, so each part is simply a cluster.
-        labels, result.type_splits = split_by_failure_type(
-            clustering.labels,
-            _failure_types(session, app_id, window_start, rows, settings),
-            vectors,
-            min_size=settings.cluster_min_size,
-            min_share=settings.cluster_split_min_share,
-        )
-        log.info(
-            "app %s: %d failing queries cut at similarity %.2f (%s)",
-            app_id,
-            len(rows),
-            threshold,
-            "chosen from the data" if clustering.chosen else "fixed",
-        )
-        if result.type_splits:
-            log.info(
-                "app %s: %d clusters split by how their members failed", app_id, result.type_splits
-            )
-    else:
-        vectors = np.zeros((0, 0), dtype=np.float32)
-        labels = np.empty(0, dtype=np.int64)
-        threshold = None
-    members_by_label: dict[int, list[int]] = {}
+
+
+def _cut(
+    session: Session,
+    app_id: str,
+    rows: Sequence[Row[Any]],
+    window_start: datetime,
+    settings: Settings,
+) -> _Cut:
+    """Cluster the rows' vectors (the cut chosen from the data unless a setting fixes it), then
+    split each topic whose members fail in clearly different ways."""
+    if not rows:
+        return _Cut(np.zeros((0, 0), dtype=np.float32), np.empty(0, dtype=np.int64), None)
+    vectors = vectors_from_rows([r.vector for r in rows], rows[0].dim)
+    clustering = fit_clusters(
+        vectors,
+        similarity_threshold=settings.cluster_similarity_threshold,
+        min_cluster_size=settings.cluster_min_size,
+        neighbors=settings.cluster_neighbors,
+        attach_threshold=settings.cluster_attach_similarity,
+        max_graph_points=settings.cluster_max_graph_points,
+        similarity_min=settings.cluster_similarity_min,
+        similarity_max=settings.cluster_similarity_max,
+    )
+    # A topic that fails in two clear ways is two failure modes: split it by the members'
+    # evidence before ids and lineage are given, so each part is simply a cluster.
+    labels, type_splits = split_by_failure_type(
+        clustering.labels,
+        _failure_types(session, app_id, window_start, rows, settings),
+        vectors,
+        min_size=settings.cluster_min_size,
+        min_share=settings.cluster_split_min_share,
+    )
+    log.info(
+        "app %s: %d failing queries cut at similarity %.2f (%s)",
+        app_id,
+        len(rows),
+        clustering.similarity_threshold,
+        "chosen from the data" if clustering.chosen else "fixed",
+    )
+    if type_splits:
+        log.info("app %s: %d clusters split by how their members failed", app_id, type_splits)
+    members: dict[int, list[int]] = {}
     for position, label in enumerate(labels.tolist()):
         if label >= 0:
-            members_by_label.setdefault(label, []).append(position)
-    result.outliers = int((labels < 0).sum())
-    result.clustered = len(ids) - result.outliers
+            members.setdefault(label, []).append(position)
+    return _Cut(
+        vectors,
+        labels,
+        clustering.similarity_threshold,
+        type_splits,
+        members,
+        compute_centroids(vectors, labels) if members else None,
+    )
 
-    old_members: dict[str, set[int]] = {}
-    for r in rows:
-        if r.cluster_id in old_clusters:
-            old_members.setdefault(r.cluster_id, set()).add(r.id)
 
-    centroid_matrix = compute_centroids(vectors, labels) if members_by_label else None
+def _name_clusters(
+    app_id: str, rows: Sequence[Row[Any]], cut: _Cut, previous: _Previous, settings: Settings
+) -> _Naming:
+    """Stable ids: each new cluster takes the id of the old one it shares most members with, else
+    of the most similar unclaimed old centroid, else one derived from its members."""
+    ids = [r.id for r in rows]
     # Largest clusters pick their predecessor first, so a split keeps the id on its bigger half.
-    order = sorted(members_by_label, key=lambda lab: (-len(members_by_label[lab]), lab))
+    order = sorted(cut.members, key=lambda lab: (-len(cut.members[lab]), lab))
     names: dict[int, str] = {}
     claimed: set[str] = set()
     for label in order:
-        member_ids = {ids[p] for p in members_by_label[label]}
-        match = _match_by_members(member_ids, old_members, claimed, settings.cluster_match_overlap)
+        member_ids = {ids[p] for p in cut.members[label]}
+        match = _match_by_members(
+            member_ids, previous.members, claimed, settings.cluster_match_overlap
+        )
         if match is not None:
             names[label] = match
             claimed.add(match)
+    kept_by_centroid = 0
     for label in order:
         if label in names:
             continue
-        assert centroid_matrix is not None
+        assert cut.centroids is not None
         match = _match_by_centroid(
-            centroid_matrix[label],
-            old_clusters,
+            cut.centroids[label],
+            previous.clusters,
             claimed,
             settings.cluster_match_centroid_similarity,
         )
         if match is not None:
             names[label] = match
             claimed.add(match)
-            result.kept_by_centroid += 1
+            kept_by_centroid += 1
         else:
-            names[label] = _new_cluster_id(app_id, [ids[p] for p in members_by_label[label]])
-    result.kept = sum(1 for name in names.values() if name in old_clusters)
-    result.created = len(names) - result.kept
+            names[label] = _new_cluster_id(app_id, [ids[p] for p in cut.members[label]])
+    return _Naming(names, order, claimed, kept_by_centroid)
 
-    # Lineage: where the members of each old cluster went.
+
+def _record_lineage(
+    session: Session,
+    run: ClusterRun,
+    rows: Sequence[Row[Any]],
+    cut: _Cut,
+    naming: _Naming,
+    previous: _Previous,
+    settings: Settings,
+    now: datetime,
+) -> list[LineageEvent]:
+    """Where the members of each old cluster went: merges, splits, new and retired clusters as
+    cluster_events rows of the run."""
     flows: Counter[tuple[str, str]] = Counter()
-    for label, positions in members_by_label.items():
+    for label, positions in cut.members.items():
         for p in positions:
-            previous = rows[p].cluster_id
-            if previous in old_clusters:
-                flows[(previous, names[label])] += 1
+            old = rows[p].cluster_id
+            if old in previous.clusters:
+                flows[(old, naming.names[label])] += 1
     events = lineage(
         dict(flows),
-        {cid: len(m) for cid, m in old_members.items()},
-        set(old_clusters),
-        [names[label] for label in order],
+        {cid: len(m) for cid, m in previous.members.items()},
+        set(previous.clusters),
+        [naming.names[label] for label in naming.order],
         settings.cluster_lineage_min_share,
     )
     for event in events:
         session.add(
             ClusterEvent(
                 run_id=run.id,
-                app_id=app_id,
+                app_id=run.app_id,
                 kind=event.kind,
                 from_ids=event.from_ids,
                 to_ids=event.to_ids,
@@ -249,24 +351,36 @@ def recluster_app(
                 at=now,
             )
         )
-    result.merges = sum(e.kind == "merge" for e in events)
-    result.splits = sum(e.kind == "split" for e in events)
+    return events
 
+
+def _store_clusters(
+    session: Session,
+    run: ClusterRun,
+    rows: Sequence[Row[Any]],
+    cut: _Cut,
+    naming: _Naming,
+    previous: _Previous,
+    settings: Settings,
+    now: datetime,
+) -> tuple[dict[int, str], dict[str, list[str]]]:
+    """Create or update each cluster (size, centroid, vector sum, representative queries).
+    Returns the new cluster of each member interaction, and each cluster's member queries."""
     docs: dict[str, list[str]] = {}
     assignment: dict[int, str] = {}
-    for label in order:
-        cluster_id = names[label]
-        positions = members_by_label[label]
+    for label in naming.order:
+        cluster_id = naming.names[label]
+        positions = cut.members[label]
         queries = [rows[p].query for p in positions]
         docs[cluster_id] = queries
         for p in positions:
-            assignment[ids[p]] = cluster_id
-        assert centroid_matrix is not None
-        centroid = centroid_matrix[label].astype(np.float32)
-        member_vectors = vectors[positions]
-        cluster = old_clusters.get(cluster_id) or session.get(Cluster, cluster_id)
+            assignment[rows[p].id] = cluster_id
+        assert cut.centroids is not None
+        centroid = cut.centroids[label].astype(np.float32)
+        member_vectors = cut.vectors[positions]
+        cluster = previous.clusters.get(cluster_id) or session.get(Cluster, cluster_id)
         if cluster is None:
-            cluster = Cluster(id=cluster_id, app_id=app_id, label="", keywords=[], size=0,
+            cluster = Cluster(id=cluster_id, app_id=run.app_id, label="", keywords=[], size=0,
                               centroid=b"", created_at=now)  # fmt: skip
             session.add(cluster)
         cluster.size = len(positions)
@@ -278,8 +392,13 @@ def recluster_app(
         cluster.representative_queries = representative_queries(
             queries, member_vectors, centroid, settings.cluster_representatives
         )
-        result.cluster_ids.append(cluster_id)
+    return assignment, docs
 
+
+def _label_clusters(
+    session: Session, docs: dict[str, list[str]], settings: Settings, titler: Titler | None
+) -> None:
+    """Keywords (c-TF-IDF over the clusters' queries), the label made of them, and a title."""
     keywords = cluster_keywords(docs, top_n=settings.cluster_keywords)
     for cluster_id, words in keywords.items():
         cluster = session.get(Cluster, cluster_id)
@@ -293,15 +412,27 @@ def recluster_app(
             if title:
                 cluster.title = title
 
-    for cluster_id, cluster in old_clusters.items():
+
+def _retire_unclaimed(
+    previous: _Previous, claimed: set[str], run: ClusterRun, now: datetime
+) -> int:
+    """Old clusters no new cluster took the id of are retired; returns how many."""
+    retired = 0
+    for cluster_id, cluster in previous.clusters.items():
         if cluster_id not in claimed:
             cluster.active = False
             cluster.emerging = False
             cluster.updated_at = now
             cluster.last_run_id = run.id
-            result.retired += 1
+            retired += 1
+    return retired
 
-    # Write cluster ids only where they changed: a re-run on the same data writes nothing.
+
+def _write_membership(
+    session: Session, rows: Sequence[Row[Any]], assignment: dict[int, str], now: datetime
+) -> None:
+    """interactions.cluster_id where it changed (a re-run on the same data writes nothing), and
+    cluster_checked_at on every row that was never placed."""
     changes: dict[str | None, list[int]] = {}
     for r in rows:
         new = assignment.get(r.id)
@@ -317,11 +448,11 @@ def recluster_app(
         session.execute(
             update(Interaction).where(Interaction.id.in_(chunk)).values(cluster_checked_at=now)
         )
-    session.flush()
-    refresh_trends(session, app_id, settings, now=now)
 
-    run.finished_at = utcnow()
-    run.counts = {
+
+def _run_counts(result: ClusterRunResult, threshold: float | None) -> dict[str, Any]:
+    """What cluster_runs.counts records of a run."""
+    return {
         "clustered": result.clustered,
         "outliers": result.outliers,
         "clusters": len(result.cluster_ids),
@@ -335,9 +466,6 @@ def recluster_app(
         # The average-linkage cut this run used (chosen per run unless the setting fixes it).
         "similarity_threshold": None if threshold is None else round(threshold, 4),
     }
-    session.add(run)
-    session.flush()
-    return result
 
 
 def _failure_types(
