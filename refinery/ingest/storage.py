@@ -259,7 +259,7 @@ def sessions_due(session: Session, keys: Iterable[SessionKey]) -> list[SessionKe
             (row.app_id, row.session_id)
             for row in session.execute(
                 select(SessionState.app_id, SessionState.session_id).where(
-                    tuple_(SessionState.app_id, SessionState.session_id).in_(chunk),
+                    _where_keys(session, (SessionState.app_id, SessionState.session_id), chunk),
                     or_(
                         SessionState.analyzed_at.is_(None),
                         SessionState.analyzed_at < SessionState.last_seen_at,

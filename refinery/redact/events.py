@@ -16,10 +16,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Any, TypeVar
+from functools import lru_cache
+from typing import Any, TypeVar, cast
 
 from refinery.redact.redactor import Redactor, default_redactor, redact_json_strings
-from schemas.events import FeedbackEvent, InteractionEvent
+from schemas.events import FeedbackEvent, InteractionEvent, RetrievedSource
 
 # Bound, not constrained: a caller holding either kind (a union) gets the same union back.
 E = TypeVar("E", bound=InteractionEvent | FeedbackEvent)
@@ -42,7 +43,14 @@ def pseudonymize(identifier: str, redactor: Redactor | None = None) -> str:
     redaction rule matches it and redacting twice (collector, then ingest) changes nothing."""
     if _PSEUDONYM.fullmatch(identifier):
         return identifier
-    if (redactor or default_redactor()).redact(identifier) == identifier:
+    return _pseudonym(redactor or default_redactor(), identifier)
+
+
+# Identifiers recur (a session's turns, an interaction's feedback, a source in every answer), and
+# a full redaction pass costs more than the lookup. A pure function of its arguments.
+@lru_cache(maxsize=65_536)
+def _pseudonym(redactor: Redactor, identifier: str) -> str:
+    if redactor.redact(identifier) == identifier:
         return identifier
     digest = hashlib.sha256(identifier.encode("utf-8", "surrogatepass")).hexdigest()[:40]
     return "pii-" + digest.translate(_HEX_TO_LETTERS)
@@ -54,36 +62,37 @@ def redact_event(event: E) -> E:
 
 
 def redact_event_with(event: E, r: Redactor) -> E:
-    """The event with its user text redacted by `r`, identifiers holding PII pseudonymized."""
-    ids = {
+    """The event with its user text redacted by `r`, identifiers holding PII pseudonymized.
+    The event itself when nothing changed (most feedback): a copy costs more than the checks."""
+    original = event  # `event` is narrowed below; the copy keeps the caller's type
+    update: dict[str, Any] = {
         "event_id": pseudonymize(event.event_id, r),
         "interaction_id": pseudonymize(event.interaction_id, r),
-        "metadata": redact_json_strings(event.metadata, r),
     }
+    if event.metadata:
+        update["metadata"] = redact_json_strings(event.metadata, r)
     if event.session_id is not None:
-        ids["session_id"] = pseudonymize(event.session_id, r)
+        update["session_id"] = pseudonymize(event.session_id, r)
     if isinstance(event, InteractionEvent):
-        sources = [
-            s.model_copy(
-                update={
-                    "source_id": pseudonymize(s.source_id, r),
-                    "title": r.redact(s.title) if s.title is not None else None,
-                    "uri": r.redact(s.uri) if s.uri is not None else None,
-                }
-            )
-            for s in event.retrieved_sources
-        ]
-        return event.model_copy(
-            update={
-                **ids,
-                "query": r.redact(event.query),
-                "response": r.redact(event.response),
-                "retrieved_sources": sources,
-            }
-        )
-    return event.model_copy(
-        update={**ids, "text": r.redact(event.text) if event.text is not None else None}
-    )
+        update["query"] = r.redact(event.query)
+        update["response"] = r.redact(event.response)
+        sources = [_redact_source(s, r) for s in event.retrieved_sources]
+        if any(new is not old for new, old in zip(sources, event.retrieved_sources, strict=True)):
+            update["retrieved_sources"] = sources
+    elif event.text is not None:
+        update["text"] = r.redact(event.text)
+    changed = {k: v for k, v in update.items() if v != getattr(event, k)}
+    return cast(E, original.model_copy(update=changed)) if changed else original
+
+
+def _redact_source(source: RetrievedSource, r: Redactor) -> RetrievedSource:
+    update = {
+        "source_id": pseudonymize(source.source_id, r),
+        "title": r.redact(source.title) if source.title is not None else None,
+        "uri": r.redact(source.uri) if source.uri is not None else None,
+    }
+    changed = {k: v for k, v in update.items() if v != getattr(source, k)}
+    return source.model_copy(update=changed) if changed else source
 
 
 def redact_bytes(raw: bytes | None) -> bytes | None:

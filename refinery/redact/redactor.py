@@ -524,6 +524,20 @@ class Redactor:
         names = sorted(set(self.kinds) | set(BUILTIN_KINDS), key=len, reverse=True)
         self._placeholders = tuple(f"<{name}>" for name in names)
         self._placeholder_re = re.compile("|".join(map(re.escape, self._placeholders)))
+        # Detectors whose gate must be asked again in a later round even when it failed in the
+        # one before. A round only replaces spans with placeholders: no gate can match "<" or
+        # ">" (PHONE's [^0-9]* can, but it counts digits, and a placeholder removes digits), so
+        # a gate that failed can pass later only inside a placeholder's name: a gateless
+        # detector, a gate that matches some placeholder, or any gate once a name holds a digit.
+        digits_in_names = any(any(c.isdigit() for c in name) for name in names)
+        self._recheck = frozenset(
+            i
+            for i, (gate, _) in enumerate(self._gates)
+            if gate is None
+            or digits_in_names
+            or any(gate(placeholder) for placeholder in self._placeholders)
+        )
+        self._every_detector = frozenset(range(len(detectors)))
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> Redactor:
@@ -548,18 +562,33 @@ class Redactor:
         counts: dict[str, int] = {}
         if not self.enabled or not text:
             return text, counts
+        # After the first round only detectors whose gate passed (or may newly pass, see
+        # _recheck) are asked again: most gates scan the whole text, and a text that had PII
+        # always takes a second round.
+        asked = self._every_detector
         for _ in range(_MAX_ROUNDS):
-            text, changed = self._round(text, counts)
+            text, changed, passed = self._round(text, counts, asked)
             if not changed:
                 break
+            asked = passed | self._recheck
         return text, counts
 
-    def _round(self, text: str, counts: dict[str, int]) -> tuple[str, bool]:
+    def _round(
+        self, text: str, counts: dict[str, int], asked: frozenset[int]
+    ) -> tuple[str, bool, frozenset[int]]:
+        """One pass of the `asked` detectors: the new text, whether it changed, and the
+        detectors whose gate passed."""
         changed = False
+        passed: list[int] = []
         plain = _TRIGGER_RE.search(text) is None
-        for detector, (gate, needs_trigger) in zip(self._detectors, self._gates, strict=True):
+        for i, (detector, (gate, needs_trigger)) in enumerate(
+            zip(self._detectors, self._gates, strict=True)
+        ):
+            if i not in asked:
+                continue
             if (plain and needs_trigger) or (gate is not None and gate(text) is None):
                 continue
+            passed.append(i)
             protected: list[tuple[int, int]] = []
             if detector.guard_placeholders and "<" in text:
                 protected = [m.span() for m in self._placeholder_re.finditer(text)]
@@ -577,7 +606,7 @@ class Redactor:
             text = "".join(parts)
             counts[detector.kind] = counts.get(detector.kind, 0) + len(spans)
             changed = True
-        return text, changed
+        return text, changed, frozenset(passed)
 
 
 @lru_cache(maxsize=1)
