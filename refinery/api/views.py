@@ -11,8 +11,9 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Row, func, select
 from sqlalchemy.orm import Session
 
 from refinery.api.models import (
@@ -41,21 +42,26 @@ def aware(value: datetime) -> datetime:
 
 
 def summary(row: ProposalRow) -> ProposalSummary:
+    return _summary(row, size=(row.payload.get("evidence") or {}).get("size"))
+
+
+def _summary(r: ProposalRow | Row[Any], *, size: int | None) -> ProposalSummary:
+    """From a loaded proposal or a row of `_SUMMARY_COLUMNS`: the same fields, one mapping."""
     return ProposalSummary(
-        id=row.id,
-        app_id=row.app_id,
-        kind=row.kind,  # type: ignore[arg-type]
-        status=row.status,  # type: ignore[arg-type]
-        version=row.version,
-        cluster_id=row.cluster_id,
-        title=row.title,
-        size=(row.payload.get("evidence") or {}).get("size"),
-        created_at=aware(row.created_at),
-        updated_at=aware(row.updated_at),
-        decided_by=row.decided_by,
-        decided_at=aware(row.decided_at) if row.decided_at else None,
-        claimed_by=row.claimed_by,
-        claimed_at=aware(row.claimed_at) if row.claimed_at else None,
+        id=r.id,
+        app_id=r.app_id,
+        kind=r.kind,  # type: ignore[arg-type]
+        status=r.status,  # type: ignore[arg-type]
+        version=r.version,
+        cluster_id=r.cluster_id,
+        title=r.title,
+        size=size,
+        created_at=aware(r.created_at),
+        updated_at=aware(r.updated_at),
+        decided_by=r.decided_by,
+        decided_at=aware(r.decided_at) if r.decided_at else None,
+        claimed_by=r.claimed_by,
+        claimed_at=aware(r.claimed_at) if r.claimed_at else None,
     )
 
 
@@ -104,25 +110,7 @@ def list_summaries(
         select(*_SUMMARY_COLUMNS).join(page, ProposalRow.id == page.c.id).order_by(*order)
     ).all()
     return (
-        [
-            ProposalSummary(
-                id=r.id,
-                app_id=r.app_id,
-                kind=r.kind,
-                status=r.status,
-                version=r.version,
-                cluster_id=r.cluster_id,
-                title=r.title,
-                size=r.size,
-                created_at=aware(r.created_at),
-                updated_at=aware(r.updated_at),
-                decided_by=r.decided_by,
-                decided_at=aware(r.decided_at) if r.decided_at else None,
-                claimed_by=r.claimed_by,
-                claimed_at=aware(r.claimed_at) if r.claimed_at else None,
-            )
-            for r in rows
-        ],
+        [_summary(r, size=r.size) for r in rows],
         total,
         offset,
     )

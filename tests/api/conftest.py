@@ -1,6 +1,6 @@
 """Fixtures of the API tests: a migrated database (SQLite and PostgreSQL through `db_url`), one
-token per role, an in-process client, and a real uvicorn server on 127.0.0.1 for the tests that
-need concurrency, a browser, or the OpenAPI schema over HTTP."""
+token per role, an in-process client, a real uvicorn server on 127.0.0.1 for the tests that
+need concurrency, a browser, or the OpenAPI schema over HTTP, and the headless browser."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import uvicorn
@@ -19,6 +20,7 @@ from refinery.api.app import create_app
 from refinery.api.tokens import Role, create_token
 from refinery.settings import Settings
 from refinery.store.db import migrate, session_factory
+from tests.api.browser import CHROMIUM
 
 
 @dataclass
@@ -88,3 +90,20 @@ class LiveServer:
 def live_server(api_env) -> Iterator[LiveServer]:
     with LiveServer(create_app(api_env.settings, sessions=api_env.sessions)) as server:
         yield server
+
+
+@pytest.fixture
+def browser() -> Iterator:
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is needed: apt-get install -y chromium")
+    with sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        try:
+            yield b
+        finally:
+            b.close()

@@ -7,11 +7,12 @@ import json
 import uuid
 from datetime import datetime
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from refinery.review.edits import prompt_diff
 from refinery.review.transitions import record_audit
-from refinery.store.models import ProposalRow
+from refinery.store.models import AuditEntry, ProposalRow
 from refinery.store.prompts import set_prompt
 from schemas.proposals import (
     Evidence,
@@ -160,3 +161,16 @@ def insert_proposal(
         session.flush()
         record_audit(session, proposal_id, "system:proposer", "create", None, "pending", "ok", None)
     return proposal_id
+
+
+def audit_trail(sessions: sessionmaker[Session], proposal_id: str) -> list[tuple[str, str, str]]:
+    """The proposal's audit log, oldest first, as (actor, action, outcome)."""
+    with sessions() as s:
+        return [
+            (a.actor, a.action, a.outcome)
+            for a in s.scalars(
+                select(AuditEntry)
+                .where(AuditEntry.proposal_id == proposal_id)
+                .order_by(AuditEntry.id)
+            )
+        ]

@@ -9,7 +9,7 @@ import pytest
 
 from refinery.impact.service import refresh_impacts
 from refinery.store.models import utcnow
-from tests.api.test_ui import _login, browser  # noqa: F401  (fixture)
+from tests.api.browser import login
 from tests.impact.helpers import APP, TopicEmbedder, add_cluster, add_traffic, approved_proposal
 
 
@@ -62,7 +62,7 @@ def test_impact_json(api_env, client) -> None:
 def test_app_page_shows_the_chart_and_verdicts(api_env, live_server, browser) -> None:  # noqa: F811
     _seed(api_env)
     page = browser.new_page()
-    _login(page, live_server, api_env.tokens["viewer"])
+    login(page, live_server, api_env.tokens["viewer"])
     page.goto(f"{live_server.url}/ui/apps/{APP}")
     chart = page.locator("svg.impact-chart")
     assert chart.count() == 1

@@ -8,19 +8,9 @@ import json
 
 from sqlalchemy import select
 
-from refinery.store.models import AuditEntry, OutboxRow, ProposalRow
-from tests.api.helpers import insert_proposal
+from refinery.store.models import OutboxRow, ProposalRow
+from tests.api.helpers import audit_trail, insert_proposal
 from tests.api.test_cli import cli  # noqa: F401  (fixture)
-
-
-def _history(sessions, pid: str) -> list[tuple[str, str, str]]:
-    with sessions() as s:
-        return [
-            (a.actor, a.action, a.outcome)
-            for a in s.scalars(
-                select(AuditEntry).where(AuditEntry.proposal_id == pid).order_by(AuditEntry.id)
-            )
-        ]
 
 
 def test_bulk_decides_each_and_reports_partial_failures(api_env, client):
@@ -76,10 +66,10 @@ def test_bulk_decides_each_and_reports_partial_failures(api_env, client):
         outbox = {o.proposal_id for o in s.scalars(select(OutboxRow))}
         assert outbox == {ok_a, ok_b}
     # One audited attempt per proposal, as the single endpoint records it.
-    assert _history(api_env.sessions, ok_a)[-1] == ("reviewer-user", "approve", "ok")
-    assert _history(api_env.sessions, stale)[-1] == ("reviewer-user", "approve", "refused")
-    assert _history(api_env.sessions, broken)[-1] == ("reviewer-user", "approve", "refused")
-    assert _history(api_env.sessions, decided)[-1] == ("reviewer-user", "approve", "refused")
+    assert audit_trail(api_env.sessions, ok_a)[-1] == ("reviewer-user", "approve", "ok")
+    assert audit_trail(api_env.sessions, stale)[-1] == ("reviewer-user", "approve", "refused")
+    assert audit_trail(api_env.sessions, broken)[-1] == ("reviewer-user", "approve", "refused")
+    assert audit_trail(api_env.sessions, decided)[-1] == ("reviewer-user", "approve", "refused")
 
 
 def test_bulk_input_and_roles(api_env, client):
@@ -111,7 +101,7 @@ def test_bulk_input_and_roles(api_env, client):
         headers=api_env.auth("viewer"),
     )
     assert viewer.status_code == 403
-    assert _history(api_env.sessions, pid)[-1] == ("viewer-user", "reject", "refused")
+    assert audit_trail(api_env.sessions, pid)[-1] == ("viewer-user", "reject", "refused")
     with api_env.sessions() as s:
         assert s.get(ProposalRow, pid).status == "pending"
 
@@ -173,7 +163,7 @@ def test_claims_assign_take_over_release_and_filter(api_env, client):
     client.post(f"/v1/proposals/{mine}/reject", json={"expected_version": 1}, headers=admin)
     late = client.post(f"/v1/proposals/{mine}/claim", json={"force": True}, headers=reviewer)
     assert late.status_code == 409 and late.json()["status"] == "rejected"
-    assert [e for e in _history(api_env.sessions, mine) if e[1] == "claim"] == [
+    assert [e for e in audit_trail(api_env.sessions, mine) if e[1] == "claim"] == [
         ("reviewer-user", "claim", "ok"),
         ("admin-user", "claim", "refused"),
         ("admin-user", "claim", "ok"),

@@ -8,46 +8,15 @@ UPDATE_SCREENSHOTS=1 also writes docs/img/review-triage.png (the list after a bu
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from urllib.parse import urlsplit
 
-import pytest
-
 from refinery.store.models import ProposalRow
+from tests.api.browser import login, screenshot
 from tests.api.helpers import insert_proposal
 
-CHROMIUM = "/usr/bin/chromium"
-DOCS_IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def browser() -> Iterator:
-    from playwright.sync_api import sync_playwright
-
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is needed: apt-get install -y chromium")
-    with sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-def _login(page, server, token: str) -> None:
-    page.goto(f"{server.url}/ui/login")
-    page.fill("#token", token)
-    page.click("button[type=submit]")
-    page.wait_for_url(f"{server.url}/ui/")
 
 
 def _statuses(sessions, ids) -> list[str]:
@@ -75,7 +44,7 @@ def test_bulk_approve_and_keyboard_triage(api_env, live_server, browser, tmp_pat
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.on("dialog", lambda d: d.accept())  # the script confirms a single-key decision
-    _login(page, live_server, api_env.tokens["reviewer"])
+    login(page, live_server, api_env.tokens["reviewer"])
     assert page.is_visible("#key-help")  # the script ran and offers its keys
 
     # Bulk: tick two, one comment, approve.
@@ -96,10 +65,7 @@ def test_bulk_approve_and_keyboard_triage(api_env, live_server, browser, tmp_pat
         assert (
             s.get(ProposalRow, ids[0]).decision_comment == "Both topics are covered by the new FAQ"
         )
-    if os.environ.get("UPDATE_SCREENSHOTS") == "1":
-        path = tmp_path / "review-triage.png"
-        page.screenshot(path=str(path), full_page=True)
-        shutil.copyfile(path, DOCS_IMG / "review-triage.png")
+    screenshot(page, tmp_path, "review-triage.png")
 
     # Keyboard on the pending queue: j j k j selects the second row; a approves it alone.
     page.goto(f"{live_server.url}/ui/?status=pending")
@@ -137,7 +103,7 @@ def test_bulk_approve_and_keyboard_triage(api_env, live_server, browser, tmp_pat
 def test_claim_in_the_browser_and_the_mine_filter(api_env, live_server, browser):
     ids = _queue(api_env.sessions, 2)
     page = browser.new_page()
-    _login(page, live_server, api_env.tokens["reviewer"])
+    login(page, live_server, api_env.tokens["reviewer"])
     page.goto(f"{live_server.url}/ui/proposals/{ids[1]}")
     assert "Nobody has claimed it." in page.inner_text("#claim")
     page.click("#claim-it")
@@ -154,7 +120,7 @@ def test_claim_in_the_browser_and_the_mine_filter(api_env, live_server, browser)
     assert [r.get_attribute("data-id") for r in rows.all()] == [ids[0]]
     # Another reviewer sees the claim and may take it over.
     other = browser.new_page()
-    _login(other, live_server, api_env.tokens["admin"])
+    login(other, live_server, api_env.tokens["admin"])
     other.goto(f"{live_server.url}/ui/proposals/{ids[1]}")
     assert other.inner_text("#claim-it") == "Take over"
     other.click("#claim-it")
@@ -188,7 +154,7 @@ def test_docs_render_offline(api_env, live_server, browser):
 def test_phone_viewport_has_no_horizontal_overflow(api_env, live_server, browser):
     ids = _queue(api_env.sessions, 3)
     page = browser.new_page(viewport={"width": 390, "height": 844})
-    _login(page, live_server, api_env.tokens["reviewer"])
+    login(page, live_server, api_env.tokens["reviewer"])
     overflow = "document.documentElement.scrollWidth - document.documentElement.clientWidth"
     assert page.evaluate(overflow) <= 0
     for pid in (ids[0], insert_proposal(api_env.sessions, "fine_tune_dataset")):

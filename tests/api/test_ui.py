@@ -8,56 +8,15 @@ UPDATE_SCREENSHOTS=1 also writes docs/img/review-list.png and docs/img/review-de
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
-from sqlalchemy import select
+from refinery.store.models import ProposalRow
+from tests.api.browser import login, screenshot
+from tests.api.helpers import audit_trail, insert_proposal
 
-from refinery.store.models import AuditEntry, ProposalRow
-from tests.api.helpers import insert_proposal
-
-CHROMIUM = "/usr/bin/chromium"
-DOCS_IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
 XSS_QUERY = (
     'How do I pair <script>window.__xss=1</script> my <img src=x onerror="window.__xss=2"> earbuds?'
 )
-
-
-@pytest.fixture
-def browser() -> Iterator:
-    from playwright.sync_api import sync_playwright
-
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is needed: apt-get install -y chromium")
-    with sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-def _login(page, server, token: str) -> None:
-    page.goto(f"{server.url}/ui/")
-    assert page.url.endswith("/ui/login")  # no cookie: sent to log in
-    page.fill("#token", token)
-    page.click("button[type=submit]")
-    page.wait_for_url(f"{server.url}/ui/")
-
-
-def _screenshot(page, tmp_path: Path, name: str) -> None:
-    path = tmp_path / name
-    page.screenshot(path=str(path), full_page=True)
-    if os.environ.get("UPDATE_SCREENSHOTS") == "1":
-        DOCS_IMG.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, DOCS_IMG / name)
 
 
 def test_reviewer_logs_in_edits_and_approves(api_env, live_server, browser, tmp_path):
@@ -76,11 +35,11 @@ def test_reviewer_logs_in_edits_and_approves(api_env, live_server, browser, tmp_
         query="Can I open a joint account online?",
     )
     page = browser.new_page(viewport={"width": 1280, "height": 860})
-    _login(page, live_server, api_env.tokens["reviewer"])
+    login(page, live_server, api_env.tokens["reviewer"])
 
     assert page.locator("table.queue tbody tr").count() == 4
     assert page.inner_text(".whoami").startswith("reviewer-user")
-    _screenshot(page, tmp_path, "review-list.png")
+    screenshot(page, tmp_path, "review-list.png")
     page.select_option("select[name=status]", "pending")
     page.fill("input[name=app]", "nimbus-support")
     page.click(".filters button[type=submit]")
@@ -96,7 +55,7 @@ def test_reviewer_logs_in_edits_and_approves(api_env, live_server, browser, tmp_
         != "rgba(0, 0, 0, 0)"
     )
     assert "This answer is too long and rambles." in page.inner_text("ol.examples")
-    _screenshot(page, tmp_path, "review-detail.png")
+    screenshot(page, tmp_path, "review-detail.png")
 
     # Edit before approving: the diff is recomputed and the version goes up.
     page.click("details.edit summary")
@@ -136,7 +95,7 @@ def test_stored_xss_stays_inert(api_env, live_server, browser):
     page = browser.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
-    _login(page, live_server, api_env.tokens["reviewer"])
+    login(page, live_server, api_env.tokens["reviewer"])
     page.goto(f"{live_server.url}/ui/proposals/{pid}")
     # A reviewer's comment is user text too.
     page.fill("#reject-comment", "<script>window.__xss=5</script>")
@@ -212,13 +171,7 @@ def test_ui_session_csrf_and_roles(api_env, client):
     assert bad_edit.status_code == 422
     with api_env.sessions() as s:
         assert s.get(ProposalRow, pid).status == "pending"
-        outcomes = [
-            (a.actor, a.action, a.outcome)
-            for a in s.scalars(
-                select(AuditEntry).where(AuditEntry.proposal_id == pid).order_by(AuditEntry.id)
-            )
-        ]
-    assert outcomes == [
+    assert audit_trail(api_env.sessions, pid) == [
         ("system:proposer", "create", "ok"),
         ("viewer-user", "approve", "refused"),
         ("reviewer-user", "reject", "refused"),

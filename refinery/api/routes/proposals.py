@@ -4,8 +4,9 @@ exactly one wins, the other gets 409, and both attempts are in the proposal's hi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Concatenate, Literal, ParamSpec
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Response
 from fastapi.exceptions import RequestValidationError
@@ -45,6 +46,7 @@ from schemas.events import AppId
 from schemas.proposals import ProposalKind, ProposalStatus
 
 router = APIRouter(prefix="/v1/proposals", tags=["proposals"])
+P = ParamSpec("P")
 
 
 def json_response(model: BaseModel) -> Response:
@@ -309,6 +311,22 @@ def _conflict(sessions: sessionmaker[Session], proposal_id: str, exc: Exception)
     return JSONResponse(body.model_dump(mode="json"), status_code=409)
 
 
+def _write(
+    action: Callable[Concatenate[sessionmaker[Session], str, P], object],
+    sessions: sessionmaker[Session],
+    proposal_id: str,
+    *args: P.args,
+    **kwargs: P.kwargs,
+) -> Response:
+    """`action(sessions, proposal_id, **kwargs)`, one of the review package's writes: the
+    proposal as it is then, or 409 when the write was refused."""
+    try:
+        action(sessions, proposal_id, *args, **kwargs)
+    except Refused as exc:
+        return _conflict(sessions, proposal_id, exc)
+    return _detail(sessions, proposal_id)
+
+
 @router.patch("/{proposal_id}", response_model=ProposalDetail, responses={**_WRITE_ERRORS})
 def edit_proposal(
     proposal_id: ProposalId,
@@ -323,18 +341,15 @@ def edit_proposal(
     edit = ArtifactEdit.model_validate(
         body.model_dump(include=set(ArtifactEdit.model_fields), exclude_unset=True)
     )
-    try:
-        decisions.edit_proposal(
-            sessions,
-            proposal_id,
-            actor=principal.name,
-            edit=edit,
-            expected_version=body.expected_version,
-            comment=body.comment,
-        )
-    except Refused as exc:
-        return _conflict(sessions, proposal_id, exc)
-    return _detail(sessions, proposal_id)
+    return _write(
+        decisions.edit_proposal,
+        sessions,
+        proposal_id,
+        actor=principal.name,
+        edit=edit,
+        expected_version=body.expected_version,
+        comment=body.comment,
+    )
 
 
 @router.post("/{proposal_id}/approve", response_model=ProposalDetail, responses=_WRITE_ERRORS)
@@ -349,18 +364,15 @@ def approve_proposal(
 ) -> Any:
     """pending -> approved. In the same transaction: the outbox row that `refinery relay`
     publishes downstream, and for a system prompt edit, the prompt registry's new version."""
-    try:
-        decisions.approve(
-            sessions,
-            proposal_id,
-            actor=principal.name,
-            topic=settings.topic_approved,
-            comment=body.comment,
-            expected_version=body.expected_version,
-        )
-    except Refused as exc:
-        return _conflict(sessions, proposal_id, exc)
-    return _detail(sessions, proposal_id)
+    return _write(
+        decisions.approve,
+        sessions,
+        proposal_id,
+        actor=principal.name,
+        topic=settings.topic_approved,
+        comment=body.comment,
+        expected_version=body.expected_version,
+    )
 
 
 @router.post("/{proposal_id}/reject", response_model=ProposalDetail, responses=_WRITE_ERRORS)
@@ -371,17 +383,14 @@ def reject_proposal(
     sessions: SessionsDep,
 ) -> Any:
     """pending -> rejected."""
-    try:
-        decisions.reject(
-            sessions,
-            proposal_id,
-            actor=principal.name,
-            comment=body.comment,
-            expected_version=body.expected_version,
-        )
-    except Refused as exc:
-        return _conflict(sessions, proposal_id, exc)
-    return _detail(sessions, proposal_id)
+    return _write(
+        decisions.reject,
+        sessions,
+        proposal_id,
+        actor=principal.name,
+        comment=body.comment,
+        expected_version=body.expected_version,
+    )
 
 
 @router.post("/{proposal_id}/applied", response_model=ProposalDetail, responses=_WRITE_ERRORS)
@@ -394,17 +403,14 @@ def mark_applied(
     """approved -> applied: a downstream system (prompt registry, RAG indexer, fine-tuning job)
     acknowledges that the refinement is live. The body is optional."""
     body = body or AppliedAck()
-    try:
-        decisions.mark_applied(
-            sessions,
-            proposal_id,
-            actor=principal.name,
-            comment=body.comment,
-            expected_version=body.expected_version,
-        )
-    except Refused as exc:
-        return _conflict(sessions, proposal_id, exc)
-    return _detail(sessions, proposal_id)
+    return _write(
+        decisions.mark_applied,
+        sessions,
+        proposal_id,
+        actor=principal.name,
+        comment=body.comment,
+        expected_version=body.expected_version,
+    )
 
 
 @router.post(
@@ -425,17 +431,14 @@ def claim_proposal(
     claimed by someone else: 409 naming them, unless `force`. Audited; the version stays (a claim
     changes neither the artifact nor the status). The body is optional."""
     body = body or ClaimRequest()
-    try:
-        decisions.claim(
-            sessions,
-            proposal_id,
-            actor=principal.name,
-            assignee=body.assignee,
-            force=body.force,
-        )
-    except Refused as exc:
-        return _conflict(sessions, proposal_id, exc)
-    return _detail(sessions, proposal_id)
+    return _write(
+        decisions.claim,
+        sessions,
+        proposal_id,
+        actor=principal.name,
+        assignee=body.assignee,
+        force=body.force,
+    )
 
 
 @router.delete("/{proposal_id}/claim", response_model=ProposalDetail, responses=_WRITE_ERRORS)
@@ -446,11 +449,13 @@ def release_proposal(
     force: Annotated[bool, Query(description="Release someone else's claim.")] = False,
 ) -> Any:
     """Drop your claim (someone else's with `force`, else 409 naming them)."""
-    try:
-        decisions.release(sessions, proposal_id, actor=principal.name, force=force)
-    except Refused as exc:
-        return _conflict(sessions, proposal_id, exc)
-    return _detail(sessions, proposal_id)
+    return _write(
+        decisions.release,
+        sessions,
+        proposal_id,
+        actor=principal.name,
+        force=force,
+    )
 
 
 def not_found_handler(_request: Any, exc: ProposalNotFound) -> JSONResponse:

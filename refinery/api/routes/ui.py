@@ -21,11 +21,12 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse
@@ -178,20 +179,24 @@ def validation_error_page(_request: Request, exc: RequestValidationError) -> HTM
 # --- static and session --------------------------------------------------------------------
 
 
-@router.get("/static/app.css")
-def stylesheet() -> Response:
-    return Response(
-        (STATIC_DIR / "app.css").read_bytes(),
-        media_type="text/css; charset=utf-8",
-        headers={"Cache-Control": "public, max-age=3600"},
-    )
+# The only files served from STATIC_DIR; any other name is 404, as no route.
+STATIC_TYPES = {"app.css": "text/css; charset=utf-8", "review.js": "text/javascript; charset=utf-8"}
 
 
-@router.get("/static/review.js")
-def script() -> Response:
+@cache
+def _static_bytes(name: str) -> bytes:
+    """A packaged file, read on its first request and kept: it cannot change while we run."""
+    return (STATIC_DIR / name).read_bytes()
+
+
+@router.get("/static/{name}")
+def static_file(name: str) -> Response:
+    media_type = STATIC_TYPES.get(name)
+    if media_type is None:
+        raise HTTPException(404)
     return Response(
-        (STATIC_DIR / "review.js").read_bytes(),
-        media_type="text/javascript; charset=utf-8",
+        _static_bytes(name),
+        media_type=media_type,
         headers={"Cache-Control": "public, max-age=3600"},
     )
 
