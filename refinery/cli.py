@@ -370,10 +370,13 @@ def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _sessions(settings: Settings):  # type: ignore[no-untyped-def]
-    from refinery.store.db import migrate, session_factory
+def _sessions(settings: Settings, *, read_only: bool = False):  # type: ignore[no-untyped-def]
+    """Sessions on the settings' database. A command that writes first brings the schema up to
+    date; one that only reads leaves it alone and stops (SchemaNotCurrent, exit 1) when it is
+    not current."""
+    from refinery.store.db import migrate, require_current_schema, session_factory
 
-    migrate(settings.database_url)
+    (require_current_schema if read_only else migrate)(settings.database_url)
     return session_factory(settings.database_url)
 
 
@@ -395,7 +398,7 @@ def cmd_review(settings: Settings, args: argparse.Namespace) -> int:
     if args.review_cmd == "list" and args.mine and not args.actor:
         print("error: --mine needs --actor NAME (whose claims)", file=sys.stderr)
         return 2
-    sessions = _sessions(settings)
+    sessions = _sessions(settings, read_only=args.review_cmd in ("list", "show"))
     try:
         if args.review_cmd == "list":
             claimed = "mine" if args.mine else "unclaimed" if args.unclaimed else None
@@ -511,7 +514,7 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_tokens(settings: Settings, args: argparse.Namespace) -> int:
     from refinery.api.tokens import Role, create_token, list_tokens, revoke_token
 
-    sessions = _sessions(settings)
+    sessions = _sessions(settings, read_only=args.tokens_cmd == "list")
     with sessions.begin() as session:
         if args.tokens_cmd == "create":
             try:
@@ -539,7 +542,7 @@ def cmd_tokens(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_prompts(settings: Settings, args: argparse.Namespace) -> int:
     from refinery.store.prompts import current_prompt, set_prompt
 
-    sessions = _sessions(settings)
+    sessions = _sessions(settings, read_only=args.prompts_cmd == "show")
     with sessions.begin() as session:
         if args.prompts_cmd == "set":
             text = Path(args.file).read_text(encoding="utf-8")
@@ -560,7 +563,7 @@ def cmd_failed(settings: Settings, args: argparse.Namespace) -> int:
     RECONCILE_MAX_ATTEMPTS re-enqueues, with the last error; `retry` sends them again."""
     from refinery.reconcile.service import list_failed, retry_failed
 
-    sessions = _sessions(settings)
+    sessions = _sessions(settings, read_only=args.failed_cmd == "list")
     if args.failed_cmd == "list":
         with sessions() as session:
             rows = list_failed(session, parked_only=not args.tracked)
@@ -709,8 +712,9 @@ def build_parser() -> argparse.ArgumentParser:
     q = review.add_parser("show")
     q.add_argument("id")
     q.add_argument("--json", action="store_true")
+    decision_parsers: dict[str, argparse.ArgumentParser] = {}
     for name in ("approve", "reject", "applied", "edit"):
-        q = review.add_parser(name, help=REVIEW_HELP.get(name))
+        q = decision_parsers[name] = review.add_parser(name, help=REVIEW_HELP.get(name))
         q.add_argument("id")
         q.add_argument("--comment")
         q.add_argument("--actor", default="cli")
@@ -720,11 +724,12 @@ def build_parser() -> argparse.ArgumentParser:
             help="fail unless the proposal is at this version",
             required=name == "edit",
         )
-    q.add_argument("--proposed-text-file", help="system_prompt_edit: file with the new prompt")
-    q.add_argument("--topic", help="rag_source: new topic")
-    q.add_argument("--must-cover", action="append", help="rag_source: must-cover item (repeat)")
-    q.add_argument("--query", action="append", help="rag_source: representative query (repeat)")
-    q.add_argument("--rows-file", help="fine_tune_dataset: JSONL of {'messages': [...]} rows")
+    edit = decision_parsers["edit"]
+    edit.add_argument("--proposed-text-file", help="system_prompt_edit: file with the new prompt")
+    edit.add_argument("--topic", help="rag_source: new topic")
+    edit.add_argument("--must-cover", action="append", help="rag_source: must-cover item (repeat)")
+    edit.add_argument("--query", action="append", help="rag_source: representative query (repeat)")
+    edit.add_argument("--rows-file", help="fine_tune_dataset: JSONL of {'messages': [...]} rows")
     p.set_defaults(func=cmd_review)
     from refinery.propose.cli import add_export_parser
 
@@ -772,12 +777,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from refinery.store.db import SchemaNotCurrent
+
     args = build_parser().parse_args(argv)
     _setup_logging(args.log_level)
     settings = get_settings()
     if getattr(args, "name", "unset") is None:
         args.name = settings.default_prompt_name
-    return int(args.func(settings, args) or 0)
+    try:
+        return int(args.func(settings, args) or 0)
+    except SchemaNotCurrent as exc:  # a read-only command on a database not migrated yet
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

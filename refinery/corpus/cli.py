@@ -30,9 +30,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 def cmd_corpus(settings: Settings, args: argparse.Namespace) -> int:
     from refinery.corpus.chunking import CorpusError
     from refinery.corpus.store import corpus_summary, list_documents, register_path
-    from refinery.store.db import migrate, session_factory
+    from refinery.store.db import migrate, require_current_schema, session_factory
 
-    migrate(settings.database_url)
+    # `list` only reads: it never migrates, and stops when the schema is not current.
+    (require_current_schema if args.corpus_cmd == "list" else migrate)(settings.database_url)
     sessions = session_factory(settings.database_url)
     if args.corpus_cmd == "add":
         try:

@@ -32,9 +32,9 @@ def add_export_parser(review: argparse._SubParsersAction) -> None:  # type: igno
 def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
     from refinery.propose.datasets import NotADataset, export_files, prepare_proposal
     from refinery.review.service import ProposalNotFound, get_proposal
-    from refinery.store.db import migrate, session_factory
+    from refinery.store.db import require_current_schema, session_factory
 
-    migrate(settings.database_url)
+    require_current_schema(settings.database_url)  # it only reads: never migrates
     with session_factory(settings.database_url)() as session:
         try:
             row = get_proposal(session, args.id)

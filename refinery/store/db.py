@@ -6,11 +6,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -66,17 +69,44 @@ def session_scope(url: str) -> Iterator[Session]:
         session.close()
 
 
-def migrate(url: str) -> None:
-    """Bring the schema to the newest migration (alembic upgrade head)."""
-    from alembic import command
+def _alembic_config(url: str) -> Config:
     from alembic.config import Config
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.set_main_option("sqlalchemy.url", _normalize_url(url).replace("%", "%%"))
+    return config
+
+
+def migrate(url: str) -> None:
+    """Bring the schema to the newest migration (alembic upgrade head)."""
+    from alembic import command
+
+    config = _alembic_config(url)
     with engine_for(url).begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+
+
+class SchemaNotCurrent(RuntimeError):
+    """The database is not at the newest migration this code knows."""
+
+
+def require_current_schema(url: str) -> None:
+    """Raise SchemaNotCurrent unless the database is at the newest migration. For callers that
+    only read: they must not change the schema, and on an older one their queries would fail
+    with a less helpful error."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    heads = set(ScriptDirectory.from_config(_alembic_config(url)).get_heads())
+    with engine_for(url).connect() as connection:
+        current = set(MigrationContext.configure(connection).get_current_heads())
+    if current != heads:
+        raise SchemaNotCurrent(
+            f"the database schema is at {', '.join(sorted(current)) or 'no migration'}, this"
+            f" refinery needs {', '.join(sorted(heads))}: run `refinery migrate` first"
+        )
 
 
 def insert_ignoring_duplicates(session: Session, table: Any, rows: list[dict[str, Any]]) -> int:

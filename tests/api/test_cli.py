@@ -1,16 +1,18 @@
 """`refinery tokens create|list|revoke` and `refinery review edit|applied`, in-process, on SQLite
-and PostgreSQL: the same service layer as the API, so the same rules and audit trail."""
+and PostgreSQL: the same service layer as the API, so the same rules and audit trail. Commands
+that only read never migrate the schema."""
 
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import inspect
 
 from refinery.api.tokens import authenticate
-from refinery.cli import main
+from refinery.cli import build_parser, main
 from refinery.settings import get_settings
-from refinery.store.models import AuditEntry, ProposalRow
-from tests.api.helpers import BASE_PROMPT, insert_proposal
+from refinery.store.db import engine_for
+from refinery.store.models import ProposalRow
+from tests.api.helpers import BASE_PROMPT, audit_trail, insert_proposal
 
 
 @pytest.fixture
@@ -82,13 +84,7 @@ def test_review_edit_approve_applied(api_env, cli, tmp_path):
         assert row.status == "applied" and row.payload["artifact"]["proposed_text"].endswith(
             "Be brief.\n"
         )
-        audit = [
-            (a.actor, a.action, a.outcome)
-            for a in s.scalars(
-                select(AuditEntry).where(AuditEntry.proposal_id == pid).order_by(AuditEntry.id)
-            )
-        ]
-    assert audit == [
+    assert audit_trail(api_env.sessions, pid) == [
         ("system:proposer", "create", "ok"),
         ("erin", "edit", "ok"),
         ("cli", "edit", "refused"),
@@ -128,3 +124,40 @@ def test_review_edit_rag_and_dataset(api_env, cli, tmp_path):
             "What it covers",
         ]
         assert s.get(ProposalRow, ds).payload["artifact"]["rows"] == 1
+
+
+def test_only_edit_takes_artifact_flags():
+    parser = build_parser()
+    args = parser.parse_args(["review", "edit", "p_1", "--version", "1", "--topic", "warranty"])
+    assert args.topic == "warranty"
+    for name in ("approve", "reject", "applied"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["review", name, "p_1", "--topic", "warranty"])
+
+
+READ_ONLY = [
+    ("review", "list"),
+    ("review", "show", "p_1"),
+    ("review", "export", "p_1", "--out", "unused"),
+    ("tokens", "list"),
+    ("prompts", "show", "nimbus-support"),
+    ("failed", "list"),
+    ("corpus", "list", "nimbus-support"),
+]
+
+
+def test_read_only_commands_never_migrate(tmp_path, monkeypatch, capsys):
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    monkeypatch.setenv("DATABASE_URL", url)
+    get_settings.cache_clear()
+    try:
+        for argv in READ_ONLY:
+            assert main(list(argv)) == 1, argv
+            err = capsys.readouterr().err
+            assert "no migration" in err and "run `refinery migrate` first" in err, argv
+        assert inspect(engine_for(url)).get_table_names() == []  # nothing created
+        assert main(["migrate"]) == 0
+        assert main(["review", "list"]) == 0
+        assert "(0 of 0)" in capsys.readouterr().out
+    finally:
+        get_settings.cache_clear()
