@@ -109,8 +109,8 @@ def configure(app: Celery, settings: Settings) -> Celery:
             "refinery.assign_clusters": {"queue": "propose"},
             # Embeds a sample of healthy traffic, so it needs the model: the embed queue.
             "refinery.refresh_region_rates": {"queue": "embed"},
-            # Failure signals (refinery.signals): rephrase detection embeds, so the embed queue
-            # (whose messages all carry ids); the periodic sweeps carry none and never embed:
+            # Failure signals (refinery.signals): rephrase detection embeds, on a queue of its
+            # own so that it never delays the embed queue; the periodic sweeps never embed:
             # the propose queue, served by the same stateless workers.
             "refinery.detect_session_signals": {"queue": "signals"},
             "refinery.sweep_abandoned_sessions": {"queue": "propose"},
