@@ -15,7 +15,7 @@ connection is taken and given back within one thread call.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Path, Request, status
@@ -130,16 +130,28 @@ def reviewer_acting_on(action: str, target: str | None) -> Callable[..., Princip
         proposal_id: ProposalId, principal: PrincipalDep, sessions: SessionsDep
     ) -> Principal:
         if not principal.role.allows(Role.REVIEWER):
-            reason = f"needs role reviewer or above; this token is {principal.role}"
-            audit_forbidden(
-                sessions,
-                proposal_id,
-                actor=principal.name,
-                action=action,
-                target=target,
-                reason=reason,
+            reason = refuse_below_reviewer(
+                sessions, [proposal_id], principal, action=action, target=target
             )
             raise HTTPException(status.HTTP_403_FORBIDDEN, reason)
         return principal
 
     return dependency
+
+
+def refuse_below_reviewer(
+    sessions: sessionmaker[Session],
+    proposal_ids: Iterable[str],
+    principal: Principal,
+    *,
+    action: str,
+    target: str | None,
+) -> str:
+    """Audit the attempt on each of these proposals as refused for the principal's role (below
+    reviewer) and return the reason, so that the API, its bulk route and the web UI refuse alike."""
+    reason = f"needs role reviewer or above; this token is {principal.role}"
+    for proposal_id in proposal_ids:
+        audit_forbidden(
+            sessions, proposal_id, actor=principal.name, action=action, target=target, reason=reason
+        )
+    return reason

@@ -21,6 +21,7 @@ from refinery.api.deps import (
     SessionsDep,
     SettingsDep,
     Viewer,
+    refuse_below_reviewer,
     reviewer_acting_on,
 )
 from refinery.api.models import (
@@ -196,17 +197,8 @@ def bulk_decide(
             )
         seen.add(proposal_id)
     if not principal.role.allows(Role.REVIEWER):
-        reason = f"needs role reviewer or above; this token is {principal.role}"
         target = "approved" if body.action == "approve" else "rejected"
-        for proposal_id in ids:
-            decisions.audit_forbidden(
-                sessions,
-                proposal_id,
-                actor=principal.name,
-                action=body.action,
-                target=target,
-                reason=reason,
-            )
+        reason = refuse_below_reviewer(sessions, ids, principal, action=body.action, target=target)
         raise HTTPException(403, reason)
     outcomes = decisions.bulk_decide(
         sessions,

@@ -35,7 +35,13 @@ from pydantic import StringConstraints, TypeAdapter, ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
 from refinery.api import views
-from refinery.api.deps import PROPOSAL_ID_PATTERN, ProposalId, SessionsDep, SettingsDep
+from refinery.api.deps import (
+    PROPOSAL_ID_PATTERN,
+    ProposalId,
+    SessionsDep,
+    SettingsDep,
+    refuse_below_reviewer,
+)
 from refinery.api.middleware import STRICT_CSP
 from refinery.api.models import ProposalDetail
 from refinery.api.ratelimit import UI_LOGIN, client_of, limiter_for
@@ -447,16 +453,13 @@ def _bulk(
     if len(picks) > decisions.BULK_MAX_ITEMS:
         return refused(422, f"At most {decisions.BULK_MAX_ITEMS} proposals at once.")
     if not user.can_review:
-        reason = f"needs role reviewer or above; this token is {user.principal.role}"
-        for proposal_id, _ in picks:
-            decisions.audit_forbidden(
-                sessions,
-                proposal_id,
-                actor=user.principal.name,
-                action=action,
-                target=_TARGET[action],
-                reason=reason,
-            )
+        reason = refuse_below_reviewer(
+            sessions,
+            [proposal_id for proposal_id, _ in picks],
+            user.principal,
+            action=action,
+            target=_TARGET[action],
+        )
         return refused(403, f"Not allowed: {reason}.")
     outcomes = decisions.bulk_decide(
         sessions,
@@ -662,15 +665,13 @@ async def proposal_action(
             "error.html", 403, title="Forbidden", message="Stale form; reload the page.", user=user
         )
     if not user.can_review:
-        reason = f"needs role reviewer or above; this token is {user.principal.role}"
-        await run_in_threadpool(
-            decisions.audit_forbidden,
+        reason = await run_in_threadpool(
+            refuse_below_reviewer,
             sessions,
-            proposal_id,
-            actor=user.principal.name,
+            [proposal_id],
+            user.principal,
             action=action,
             target=_TARGET[action],
-            reason=reason,
         )
         return _detail_page(
             sessions, proposal_id, user, status_code=403, error=f"Not allowed: {reason}."
