@@ -427,6 +427,13 @@ class Settings(BaseSettings):
         None, description="Bearer token for CLUSTER_TITLE_ENDPOINT."
     )
     cluster_title_timeout_s: float = Field(10.0, description="Timeout of one title request.")
+    cluster_refine_lock_wait_s: float = Field(
+        2.0,
+        ge=0,
+        description="How long a re-cluster or proposal task waits for its app's locks; held longer"
+        " (another refine runs), the task is sent again after a countdown instead of holding a"
+        " worker slot. Streaming assignment holds the cluster lock for milliseconds.",
+    )
 
     # --- trends ------------------------------------------------------------------------------
     trend_bucket_s: float = Field(

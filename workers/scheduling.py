@@ -33,19 +33,16 @@ refines explicitly.
 from __future__ import annotations
 
 import contextlib
-import logging
-import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from refinery.settings import Settings
+from refinery.store.locks import Heartbeat
 
 if TYPE_CHECKING:
     import redis
-
-log = logging.getLogger(__name__)
 
 _PREFIX = "refinery:refine:"
 # How long past its countdown a fired task may wait in a busy queue before another request may
@@ -104,12 +101,6 @@ redis.call('DEL', KEYS[1], KEYS[2])
 return {'run', 0}
 """
 
-# KEYS: key. ARGV: token, ttl_ms. Extends the key's TTL while it still holds the token.
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-
 # KEYS: key. ARGV: token. Deletes the key while it still holds the token.
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -122,56 +113,6 @@ class Decision:
     action: Literal["run", "wait", "idle"]
     delay_s: float = 0.0
     token: str = ""
-
-
-class Heartbeat:
-    """Keeps `key` (holding `token`) alive: renews its TTL every third of it from a daemon
-    thread until stopped. A process that dies stops renewing, and the key expires."""
-
-    def __init__(self, client: redis.Redis, key: str, token: str, ttl_s: float) -> None:
-        self._renew = client.register_script(_RENEW)
-        self._key, self._token, self._ttl_ms = key, token, max(int(ttl_s * 1000), 1)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"heartbeat {key}", daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._ttl_ms / 3000):
-            try:
-                if not self._renew(keys=[self._key], args=[self._token, self._ttl_ms]):
-                    log.warning("%s expired before its heartbeat renewed it", self._key)
-                    return
-            except Exception as error:  # noqa: BLE001 - Redis unreachable: retry next beat
-                log.warning("heartbeat of %s failed: %s", self._key, error)
-
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-@contextlib.contextmanager
-def renewing_lock(
-    client: redis.Redis, name: str, *, ttl_s: float, wait_s: float | None
-) -> Iterator[bool]:
-    """A Redis lock with a short TTL kept alive by a heartbeat while held. Yields whether it was
-    acquired within `wait_s` (None: wait as long as it takes)."""
-    import redis as redis_module
-
-    lock = client.lock(name, timeout=ttl_s, blocking_timeout=wait_s)
-    if not lock.acquire():
-        yield False
-        return
-    token = lock.local.token
-    token = token.decode() if isinstance(token, bytes) else str(token)
-    try:
-        with Heartbeat(client, name, token, ttl_s):
-            yield True
-    finally:
-        with contextlib.suppress(redis_module.exceptions.LockError):  # expired meanwhile
-            lock.release()
 
 
 class RefineScheduler:

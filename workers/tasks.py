@@ -6,58 +6,38 @@ loads lazily once per worker process (refinery.embed.embedder.get_embedder).
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import logging
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from celery import Task, chain
 from celery.signals import worker_ready
-from sqlalchemy import select
 
-from refinery.cluster.assign import AssignResult, apps_with_due, assign_due
+from refinery.cluster.assign import AssignResult, apps_with_due, assign_apps
+from refinery.cluster.lock import refine_locks
 from refinery.cluster.region import refresh_region_rates as region_service
-from refinery.cluster.service import recluster_app
-from refinery.cluster.titles import make_titler
+from refinery.cluster.service import apps_with_failures, recluster_and_commit
 from refinery.embed import embedding_model_name
 from refinery.embed.embedder import get_embedder
 from refinery.embed.service import embed_interactions as embed_service
 from refinery.ingest.storage import SessionKey
-from refinery.ops.metrics import CLUSTERS
 from refinery.ops.optional import REGION_RATES, optional_step
 from refinery.propose.service import propose_for_app as propose_service
-from refinery.reconcile.service import Enqueuers
+from refinery.reconcile.service import Enqueuers, pass_lock
 from refinery.reconcile.service import reconcile as reconcile_pass
 from refinery.settings import get_settings
 from refinery.signals.enqueue import parse_session_ref, session_ref
-from refinery.signals.orphans import sweep_orphans
+from refinery.signals.orphans import sweep_to_dead_letters
 from refinery.signals.sessions import analyze_sessions, sweep_abandoned
 from refinery.store.db import session_scope
-from refinery.store.models import Interaction
+from refinery.store.locks import redis_client
 from workers.retry import RETRYABLE, refinery_task
-from workers.scheduling import RefineScheduler, renewing_lock
-
-if TYPE_CHECKING:
-    import redis
+from workers.scheduling import RefineScheduler
 
 log = logging.getLogger(__name__)
 
 
-# A lock another task holds for longer than this is a re-cluster or a proposal run: worth a
-# countdown, not a wait in a worker slot. Streaming assignment holds the cluster lock for
-# milliseconds, well within it.
-LOCK_WAIT_S = 2.0
 # Tries of a task that found its app's locks taken (one per REFINE_DEBOUNCE_S, at least 1 s):
 # enough to outwait the longest re-cluster; apart from the retries on transient errors.
 LOCK_RETRIES = 720
-
-
-@functools.lru_cache(maxsize=4)
-def _redis(url: str) -> redis.Redis:
-    import redis
-
-    return redis.Redis.from_url(url)
 
 
 def _scheduler() -> RefineScheduler | None:
@@ -65,60 +45,11 @@ def _scheduler() -> RefineScheduler | None:
     settings = get_settings()
     if settings.redis_url is None:
         return None
-    return RefineScheduler(_redis(settings.redis_url), settings)
+    return RefineScheduler(redis_client(settings.redis_url), settings)
 
 
 def _lock_countdown() -> float:
     return max(get_settings().refine_debounce_s, 1.0)
-
-
-@contextlib.contextmanager
-def app_lock(app_id: str, *, wait_s: float | None = None) -> Iterator[bool]:
-    """Single writer per app for clustering and proposing. Yields whether it was acquired within
-    `wait_s` (None: however long it takes). A short TTL renewed while held (REFINE_LOCK_TTL_S):
-    a killed holder frees the app within it. Eager mode needs none."""
-    settings = get_settings()
-    if settings.redis_url is None:
-        yield True
-        return
-    with renewing_lock(
-        _redis(settings.redis_url),
-        f"refinery:app-lock:{app_id}",
-        ttl_s=settings.refine_lock_ttl_s,
-        wait_s=wait_s,
-    ) as acquired:
-        yield acquired
-
-
-@contextlib.contextmanager
-def cluster_lock(app_id: str, *, wait_s: float | None = None) -> Iterator[bool]:
-    """Single writer of an app's clusters and interactions.cluster_id: the re-cluster and
-    streaming assignment. Yields whether it was acquired: with `wait_s` set, gives up after that
-    long (assignment then leaves its queries due, for the sweep). Same short, renewed TTL as
-    `app_lock`. Eager mode needs none."""
-    settings = get_settings()
-    if settings.redis_url is None:
-        yield True
-        return
-    with renewing_lock(
-        _redis(settings.redis_url),
-        f"refinery:cluster-lock:{app_id}",
-        ttl_s=settings.refine_lock_ttl_s,
-        wait_s=wait_s,
-    ) as acquired:
-        yield acquired
-
-
-@contextlib.contextmanager
-def _refine_locks(app_id: str, *, cluster: bool) -> Iterator[bool]:
-    """The app lock (and, for a re-cluster, the cluster lock), each waited for LOCK_WAIT_S at
-    most. Yields whether both are held."""
-    with app_lock(app_id, wait_s=LOCK_WAIT_S) as app_held:
-        if not app_held or not cluster:
-            yield app_held
-            return
-        with cluster_lock(app_id, wait_s=LOCK_WAIT_S) as cluster_held:
-            yield cluster_held
 
 
 def request_refine(app_ids: list[str], *, urgent: bool = False, resend: bool = False) -> None:
@@ -134,19 +65,16 @@ def request_refine(app_ids: list[str], *, urgent: bool = False, resend: bool = F
             refine_app.apply_async(args=(app_id,), countdown=countdown)
 
 
-def _assign(app_ids: list[str], *, wait_s: float) -> list[AssignResult]:
+def _assign(app_ids: list[str]) -> list[AssignResult]:
     """Streaming assignment of every due, embedded failing query of these apps; apps that got new
     failing queries placed (in a cluster or the outlier pool) get a refine requested."""
     settings = get_settings()
-    model = embedding_model_name(settings)
-    results = []
-    for app_id in app_ids:
-        with cluster_lock(app_id, wait_s=wait_s) as acquired:
-            if not acquired:
-                log.info("assignment for %s deferred: a re-cluster holds its lock", app_id)
-                continue
-            with session_scope(settings.database_url) as session:
-                results.append(assign_due(session, app_id, settings, model))
+    results = assign_apps(
+        app_ids,
+        settings,
+        embedding_model_name(settings),
+        wait_s=settings.cluster_assign_lock_wait_s,
+    )
     request_refine([r.app_id for r in results if r.assigned or r.outliers])
     return results
 
@@ -159,7 +87,7 @@ def embed_interactions(self: Task, interaction_ids: list[int]) -> dict:
     settings = get_settings()
     with session_scope(settings.database_url) as session:
         result = embed_service(session, interaction_ids, get_embedder(settings))
-    placed = _assign(result.app_ids, wait_s=settings.cluster_assign_lock_wait_s)
+    placed = _assign(result.app_ids)
     return {
         "embedded": result.embedded,
         "cached": result.cached,
@@ -180,7 +108,7 @@ def assign_clusters(self: Task, app_ids: list[str] | None = None) -> dict:
     if app_ids is None:
         with session_scope(settings.database_url) as session:
             app_ids = apps_with_due(session)
-    placed = _assign(app_ids, wait_s=settings.cluster_assign_lock_wait_s)
+    placed = _assign(app_ids)
     return {
         "apps": len(placed),
         "assigned": sum(r.assigned for r in placed),
@@ -190,18 +118,7 @@ def assign_clusters(self: Task, app_ids: list[str] | None = None) -> dict:
 
 def _recluster(app_id: str) -> dict:
     """Re-cluster the app; the caller holds its app and cluster locks."""
-    settings = get_settings()
-    titler = make_titler(settings, app_id)
-    try:
-        with session_scope(settings.database_url) as session:
-            result = recluster_app(
-                session, app_id, settings, embedding_model_name(settings), titler=titler
-            )
-    finally:
-        if titler is not None:
-            titler.close()
-    # Committed: the app's cluster count as its single writer left it.
-    CLUSTERS.labels(app_id=app_id).set(len(result.cluster_ids))
+    result = recluster_and_commit(app_id, get_settings())
     return {
         "app_id": app_id,
         "run_id": result.run_id,
@@ -233,7 +150,7 @@ def _propose(app_id: str) -> dict:
 def cluster_app(self: Task, app_id: str) -> dict:
     """Re-cluster one app now (the periodic and debounced refines use `refine_app`). Its locks
     taken: sent again after a countdown, never waited for in the worker slot."""
-    with _refine_locks(app_id, cluster=True) as held:
+    with refine_locks(app_id, get_settings(), cluster=True) as held:
         if held:
             return _recluster(app_id)
     raise self.retry(countdown=_lock_countdown(), max_retries=LOCK_RETRIES)
@@ -271,7 +188,7 @@ def refresh_region_rates(self: Task, app_id: str) -> dict:
 @refinery_task("refinery.propose_for_app")
 def propose_for_app(self: Task, app_id: str) -> dict:
     """Draft one app's proposals now. Its lock taken: sent again after a countdown."""
-    with _refine_locks(app_id, cluster=False) as held:
+    with refine_locks(app_id, get_settings(), cluster=False) as held:
         if held:
             return _propose(app_id)
     raise self.retry(countdown=_lock_countdown(), max_retries=LOCK_RETRIES)
@@ -296,7 +213,10 @@ def refine_app(self: Task, app_id: str) -> dict:
         refine_app.apply_async(args=(app_id,), countdown=decision.delay_s)
     if decision.action != "run":
         return {"app_id": app_id, "action": decision.action, "delay_s": decision.delay_s}
-    with scheduler.running(app_id, decision.token), _refine_locks(app_id, cluster=True) as held:
+    with (
+        scheduler.running(app_id, decision.token),
+        refine_locks(app_id, get_settings(), cluster=True) as held,
+    ):
         if not held:  # a direct cluster_app / propose_for_app holds the app: come back
             log.info("refine of %s deferred: its app or cluster lock is taken", app_id)
             request_refine([app_id])
@@ -325,11 +245,7 @@ def refine_all_apps(self: Task) -> list[str]:
     chain re-cluster -> propose -> region rates, for each app, in this process."""
     settings = get_settings()
     with session_scope(settings.database_url) as session:
-        app_ids = sorted(
-            session.scalars(
-                select(Interaction.app_id).where(Interaction.failing.is_(True)).distinct()
-            )
-        )
+        app_ids = apps_with_failures(session)
     if settings.celery_eager:
         for app_id in app_ids:
             steps = [cluster_app.si(app_id), propose_for_app.si(app_id)]
@@ -386,25 +302,7 @@ def sweep_abandoned_sessions(self: Task) -> dict:
 @refinery_task("refinery.sweep_orphan_feedback")
 def sweep_orphan_feedback(self: Task) -> dict:
     """Beat: dead-letter feedback whose interaction never arrived within the join window."""
-    from refinery.ingest.deadletter import DeadLetterQueue
-    from refinery.kafka.clients import make_producer
-
-    settings = get_settings()
-    if settings.kafka_bootstrap_servers is None:
-        log.warning("orphan feedback sweep skipped: KAFKA_BOOTSTRAP_SERVERS is unset")
-        return {"dead_lettered": 0}
-    producer = make_producer(settings)
-    try:
-        dead_letters = DeadLetterQueue(
-            producer,
-            settings.topic_dead_letter,
-            max_value_bytes=settings.dead_letter_max_value_bytes,
-        )
-        with session_scope(settings.database_url) as session:
-            count = sweep_orphans(session, dead_letters, settings)
-    finally:
-        producer.close()
-    return {"dead_lettered": count}
+    return {"dead_lettered": sweep_to_dead_letters(get_settings())}
 
 
 # --- the reconciler (refinery.reconcile) ---------------------------------------------------------
@@ -451,25 +349,14 @@ def reconcile(self: Task) -> dict:
     progressed within RECONCILE_STALE_S; park what RECONCILE_MAX_ATTEMPTS did not move. One pass
     at a time (a Redis lock; a pass that finds it taken returns)."""
     settings = get_settings()
-
-    def one_pass() -> dict:
+    with pass_lock(settings) as acquired:
+        if not acquired:
+            return {"skipped": "another pass holds the lock"}
         with session_scope(settings.database_url) as session:
             result = reconcile_pass(
                 session, settings, embedding_model_name(settings), reconcile_enqueuers()
             )
         return result.as_dict()
-
-    if settings.redis_url is None:
-        return one_pass()
-    with renewing_lock(
-        _redis(settings.redis_url),
-        "refinery:reconcile",
-        ttl_s=settings.refine_lock_ttl_s,
-        wait_s=0,
-    ) as acquired:
-        if not acquired:
-            return {"skipped": "another pass holds the lock"}
-        return one_pass()
 
 
 @worker_ready.connect(weak=False, dispatch_uid="refinery-reconcile-at-start")

@@ -8,12 +8,13 @@ the outlier pool (cluster_id NULL, cluster_checked_at set) until the next re-clu
 again. Each cluster's size and vector sum grow by what joined it, and its centroid is the sum
 re-normalized, so both always describe the members.
 
-Callers hold the app's cluster lock (single writer with the re-cluster); idempotent: a placed
-query is no longer due.
+Callers of `assign_due` hold the app's cluster lock (single writer with the re-cluster;
+`assign_apps` takes it); idempotent: a placed query is no longer due.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -22,9 +23,13 @@ from sqlalchemy import select, true, update
 from sqlalchemy.orm import Session
 
 from refinery.cluster.algorithm import assign_to_centroids
+from refinery.cluster.lock import cluster_lock
 from refinery.embed.service import query_vector, vectors_from_rows
 from refinery.settings import Settings
+from refinery.store.db import session_scope
 from refinery.store.models import Cluster, Embedding, Interaction, utcnow
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -130,3 +135,20 @@ def assign_due(
     result.outliers = len(outliers)
     session.flush()
     return result
+
+
+def assign_apps(
+    app_ids: list[str], settings: Settings, model: str, *, wait_s: float
+) -> list[AssignResult]:
+    """`assign_due` for each app under its cluster lock, one transaction per app. An app whose
+    lock a re-cluster holds for longer than `wait_s` is skipped: its queries stay due for the
+    sweep (and the re-cluster places them anyway)."""
+    results = []
+    for app_id in app_ids:
+        with cluster_lock(app_id, settings, wait_s=wait_s) as acquired:
+            if not acquired:
+                log.info("assignment for %s deferred: a re-cluster holds its lock", app_id)
+                continue
+            with session_scope(settings.database_url) as session:
+                results.append(assign_due(session, app_id, settings, model))
+    return results

@@ -1,9 +1,9 @@
 """Re-cluster one app's failing queries and persist clusters with stable ids, lineage and labels.
 
 Owns the clusters, cluster_runs and cluster_events tables and interactions.cluster_id /
-cluster_checked_at. Single writer per app: the Celery task holds the app's cluster lock around
-`recluster_app` (streaming assignment, refinery.cluster.assign, takes the same lock). Never mixes
-apps: every query is scoped by app_id.
+cluster_checked_at. Single writer per app: its caller holds the app's cluster lock
+(refinery.cluster.lock) around `recluster_app`, and streaming assignment (refinery.cluster.assign)
+takes the same lock. Never mixes apps: every query is scoped by app_id.
 
 One run, over the failing interactions of the last CLUSTER_WINDOW_DAYS that have a vector:
 1. cluster them (refinery.cluster.algorithm, no k given), then split a cluster whose members
@@ -38,9 +38,11 @@ from refinery.cluster.algorithm import fit_clusters
 from refinery.cluster.labels import cluster_keywords, representative_queries
 from refinery.cluster.lineage import LineageEvent, lineage
 from refinery.cluster.split import split_by_failure_type
-from refinery.cluster.titles import Titler
+from refinery.cluster.titles import Titler, make_titler
 from refinery.cluster.trends import refresh_trends
+from refinery.embed import embedding_model_name
 from refinery.embed.service import query_vector, vectors_from_rows
+from refinery.ops.metrics import CLUSTERS
 from refinery.settings import Settings
 from refinery.signals.evidence import (
     TYPED_FEEDBACK_KINDS,
@@ -48,6 +50,7 @@ from refinery.signals.evidence import (
     FeedbackTuple,
     failure_type,
 )
+from refinery.store.db import session_scope
 from refinery.store.models import (
     Cluster,
     ClusterEvent,
@@ -168,6 +171,30 @@ def recluster_app(
     session.add(run)
     session.flush()
     return result
+
+
+def recluster_and_commit(app_id: str, settings: Settings) -> ClusterRunResult:
+    """`recluster_app` in a transaction of its own, with titles when CLUSTER_TITLE_ENDPOINT is
+    set; then the app's cluster-count gauge. The caller holds the app's cluster lock."""
+    titler = make_titler(settings, app_id)
+    try:
+        with session_scope(settings.database_url) as session:
+            result = recluster_app(
+                session, app_id, settings, embedding_model_name(settings), titler=titler
+            )
+    finally:
+        if titler is not None:
+            titler.close()
+    # Committed: the app's cluster count as its single writer left it.
+    CLUSTERS.labels(app_id=app_id).set(len(result.cluster_ids))
+    return result
+
+
+def apps_with_failures(session: Session) -> list[str]:
+    """Every app with failing interactions, sorted: the apps a periodic refine covers."""
+    return sorted(
+        session.scalars(select(Interaction.app_id).where(Interaction.failing.is_(True)).distinct())
+    )
 
 
 def _failing_in_window(

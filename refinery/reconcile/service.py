@@ -7,11 +7,13 @@ A pass, per kind (refinery.reconcile.due):
      last re-enqueue): park it when it had RECONCILE_MAX_ATTEMPTS re-enqueues already, else
      re-enqueue it and count the attempt.
 The caller sends what `Enqueuers` are given and commits afterwards: an attempt is counted only
-when its message was sent, and a message sent twice is harmless (every task is idempotent).
+when its message was sent, and a message sent twice is harmless (every task is idempotent). One
+pass at a time: the caller holds `pass_lock`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -25,6 +27,7 @@ from refinery.ingest.storage import SessionKey, insert_new
 from refinery.ops.metrics import FAILED_WORK, FAILED_WORK_PARKED, RECONCILE_REENQUEUED, after_commit
 from refinery.reconcile.due import KINDS, DueItem, find_due, interaction_apps, still_due
 from refinery.settings import Settings
+from refinery.store.locks import lease
 from refinery.store.models import FailedWork
 
 log = logging.getLogger(__name__)
@@ -59,6 +62,12 @@ class ReconcileResult:
             "reenqueued": dict(self.reenqueued),
             "parked": dict(self.parked),
         }
+
+
+def pass_lock(settings: Settings) -> contextlib.AbstractContextManager[bool]:
+    """One reconciler pass at a time across workers: yields whether this one may run. Never
+    waits: a pass that finds it taken has nothing to add to the one running."""
+    return lease(settings, "refinery:reconcile", wait_s=0)
 
 
 def _utc(moment: datetime) -> datetime:

@@ -3,12 +3,14 @@ feedback's arrival is dead-lettered (reason orphan_feedback) and removed from th
 
 `refinery dlq replay --reason orphan_feedback` sends it back to the feedback topic, where it
 waits for its interaction once more. The dead letter is acknowledged before the row is
-deleted, so a crash in between dead-letters it twice rather than losing it.
+deleted, so a crash in between dead-letters it twice rather than losing it. `sweep_to_dead_letters`
+is the beat's sweep: a producer of its own, one transaction.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete, select, tuple_, update
@@ -17,9 +19,13 @@ from sqlalchemy.orm import Session
 from refinery.ingest.deadletter import DeadLetterQueue
 from refinery.ingest.failure import as_utc
 from refinery.ingest.validate import InvalidEvent
+from refinery.kafka.clients import make_producer
 from refinery.settings import Settings
+from refinery.store.db import session_scope
 from refinery.store.models import Feedback, Interaction
 from schemas.events import CURRENT_SCHEMA_VERSION
+
+log = logging.getLogger(__name__)
 
 
 def feedback_event_json(fb: Feedback) -> bytes:
@@ -93,3 +99,23 @@ def sweep_orphans(
     if orphans:
         session.execute(delete(Feedback).where(Feedback.id.in_([fb.id for fb in orphans])))
     return len(orphans)
+
+
+def sweep_to_dead_letters(settings: Settings) -> int:
+    """`sweep_orphans` with a producer of its own to TOPIC_DEAD_LETTER, in one transaction;
+    returns how many were dead-lettered. Without KAFKA_BOOTSTRAP_SERVERS there is nowhere to
+    send them: skipped (logged), 0."""
+    if settings.kafka_bootstrap_servers is None:
+        log.warning("orphan feedback sweep skipped: KAFKA_BOOTSTRAP_SERVERS is unset")
+        return 0
+    producer = make_producer(settings)
+    try:
+        dead_letters = DeadLetterQueue(
+            producer,
+            settings.topic_dead_letter,
+            max_value_bytes=settings.dead_letter_max_value_bytes,
+        )
+        with session_scope(settings.database_url) as session:
+            return sweep_orphans(session, dead_letters, settings)
+    finally:
+        producer.close()

@@ -22,8 +22,9 @@ from collections.abc import Callable
 import pytest
 import redis
 
+from refinery.store.locks import renewing_lock
 from workers import tasks
-from workers.scheduling import RefineScheduler, renewing_lock
+from workers.scheduling import RefineScheduler
 
 pytestmark = pytest.mark.integration
 
@@ -166,7 +167,8 @@ HOLDER = textwrap.dedent(
     import sys, time
     import redis
     from refinery.settings import Settings
-    from workers.scheduling import RefineScheduler, renewing_lock
+    from refinery.store.locks import renewing_lock
+    from workers.scheduling import RefineScheduler
 
     settings = Settings(_env_file=None, redis_url=sys.argv[1], refine_debounce_s=0,
                         refine_min_interval_s=0, refine_lock_ttl_s=1.0)
