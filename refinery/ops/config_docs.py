@@ -2,16 +2,16 @@
 
     python -m refinery.ops.config_docs > docs/configuration.md
 
-Every field becomes a row (env var, type, default, description), grouped under the
-`# --- section ---` comments of settings.py. tests/unit/test_deploy.py fails when the committed
-file differs from this output, so regenerate it whenever a setting changes.
+Every field becomes a row (env var, type, default, description), one section per settings group
+(`ServiceSettings`, `IngestSettings`, ...: the bases of `Settings`, in their order), titled by the
+first line of the group's docstring and introduced by the rest. tests/unit/test_deploy.py fails
+when the committed file differs from this output, so regenerate it whenever a setting changes.
 """
 
 from __future__ import annotations
 
 import inspect
 import json
-import re
 import types
 import typing
 from typing import Any
@@ -20,10 +20,7 @@ from pydantic import SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from refinery.settings import Settings
-
-_SECTION = re.compile(r"^\s*#\s*---\s*(?P<title>[^-].*?)\s*-*\s*$")
-_FIELD = re.compile(r"^\s{4}(?P<name>[a-z_][a-z0-9_]*)\s*:")
+from refinery.settings import Settings, SettingsGroup
 
 HEADER = """\
 # Configuration
@@ -41,17 +38,15 @@ def env_name(settings_cls: type[Settings], field_name: str, field: FieldInfo) ->
     return (field.alias or f"{prefix}{field_name}").upper()
 
 
-def sections(settings_cls: type[Settings]) -> dict[str, str]:
-    """Field name -> title of the `# --- title ---` comment above it in the class source."""
-    owner: dict[str, str] = {}
-    title = "General"
-    for line in inspect.getsource(settings_cls).splitlines():
-        if match := _SECTION.match(line):
-            title = match["title"].strip()
-            title = title[:1].upper() + title[1:]
-        elif (match := _FIELD.match(line)) and match["name"] in settings_cls.model_fields:
-            owner.setdefault(match["name"], title)
-    return owner
+def groups(settings_cls: type[Settings]) -> list[type[SettingsGroup]]:
+    """The settings groups `settings_cls` is composed of, in the order of its bases."""
+    return [base for base in settings_cls.__bases__ if issubclass(base, SettingsGroup)]
+
+
+def heading(group: type[SettingsGroup]) -> tuple[str, str]:
+    """A group's section title (its docstring's first line) and the paragraph under it."""
+    title, _, intro = (inspect.getdoc(group) or group.__name__).partition("\n")
+    return title.strip(), " ".join(intro.split())
 
 
 def type_name(annotation: Any) -> str:
@@ -85,25 +80,36 @@ def _cell(text: str) -> str:
     return cell.replace("<", "&lt;").replace(">", "&gt;")
 
 
+def _row(settings_cls: type[Settings], name: str) -> str:
+    field = settings_cls.model_fields[name]
+    return "| `{env}` | {type} | {default} | {desc} |".format(
+        env=env_name(settings_cls, name, field),
+        type=_cell(type_name(field.annotation)),
+        default=_cell(default_text(field)),
+        desc=_cell(field.description or ""),
+    )
+
+
 def render(settings_cls: type[Settings] = Settings) -> str:
     """The whole markdown document, ending in one newline."""
-    owner = sections(settings_cls)
-    grouped: dict[str, list[str]] = {}
-    for name, field in settings_cls.model_fields.items():
-        row = "| `{env}` | {type} | {default} | {desc} |".format(
-            env=env_name(settings_cls, name, field),
-            type=_cell(type_name(field.annotation)),
-            default=_cell(default_text(field)),
-            desc=_cell(field.description or ""),
-        )
-        grouped.setdefault(owner.get(name, "Other"), []).append(row)
+    sections: list[tuple[str, str, list[str]]] = []
+    placed: set[str] = set()
+    for group in groups(settings_cls):
+        title, intro = heading(group)
+        sections.append((title, intro, list(group.model_fields)))
+        placed.update(group.model_fields)
+    # A field declared on the composed class itself, outside every group.
+    if rest := [name for name in settings_cls.model_fields if name not in placed]:
+        sections.append(("Other", "", rest))
 
     parts = [HEADER]
-    for title, rows in grouped.items():
+    for title, intro, names in sections:
         parts.append(f"## {title}\n")
+        if intro:
+            parts.append(f"{intro}\n")
         parts.append("| Env var | Type | Default | Description |")
         parts.append("|---|---|---|---|")
-        parts.extend(rows)
+        parts.extend(_row(settings_cls, name) for name in names)
         parts.append("")
     return "\n".join(parts).rstrip("\n") + "\n"
 
