@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from refinery.settings import Settings, get_settings
+from refinery.settings import Settings, WorkerSettings, get_settings
 
 # "signals" (session analysis: embeds every turn) apart from "embed" (failing queries only),
 # so rephrase detection never delays a failing query's path to its cluster.
@@ -40,7 +40,7 @@ TIME_LIMITS: dict[str, tuple[float, float]] = {
 VISIBILITY_MARGIN_S = 60.0
 
 
-def longest_countdown_s(settings: Settings) -> float:
+def longest_countdown_s(settings: WorkerSettings) -> float:
     """The longest delay a message is sent with: a retry's backoff (with its 25% jitter) or a
     refine waiting for its app (workers/scheduling.py: at most the max delay or the min interval
     away, or one debounce behind a busy run)."""
@@ -53,7 +53,7 @@ def longest_countdown_s(settings: Settings) -> float:
     )
 
 
-def visibility_timeout_s(settings: Settings) -> float:
+def visibility_timeout_s(settings: WorkerSettings) -> float:
     """How long Redis keeps a reserved, unacknowledged message (acks_late) before handing it to
     another worker. It must outlast the longest a message can honestly stay reserved, or a live
     task runs twice:

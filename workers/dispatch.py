@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from refinery.settings import Settings
+from refinery.settings import ServiceSettings
 
 if TYPE_CHECKING:
     from refinery.ingest.storage import SessionKey
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 class CeleryDispatcher:
     """refinery.dispatch.Dispatcher on Celery."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: ServiceSettings) -> None:
         self.eager = settings.celery_eager
 
     def embed_interactions(self, interaction_ids: list[int]) -> None:

@@ -36,7 +36,7 @@ from sqlalchemy.exc import InterfaceError
 from sqlalchemy.exc import OperationalError as DatabaseError
 
 from refinery.ops.metrics import TASK_RETRIES, TASK_RETRY_BUDGET_EXHAUSTED
-from refinery.settings import Settings, get_settings
+from refinery.settings import WorkerSettings, get_settings
 from workers.celery_app import TIME_LIMITS, app
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ sleep: Callable[[float], None] = time.sleep
 
 
 def retry_countdown(
-    retry: int, elapsed_s: float, settings: Settings, jitter: float | None = None
+    retry: int, elapsed_s: float, settings: WorkerSettings, jitter: float | None = None
 ) -> float | None:
     """Seconds to wait before transient retry number `retry` (0 for the first), or None when the
     wait would end past TASK_RETRY_BUDGET_S after the first failure (`elapsed_s` ago)."""

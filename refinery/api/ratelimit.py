@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from refinery.settings import Settings
+from refinery.settings import ApiSettings
 
 UI_LOGIN, BEARER, COLLECTOR_KEY = "ui_login", "bearer", "collector_key"
 
@@ -80,7 +80,7 @@ class FailureLimiter:
 _make_lock = threading.Lock()
 
 
-def limiter_for(app: Any, settings: Settings) -> FailureLimiter:
+def limiter_for(app: Any, settings: ApiSettings) -> FailureLimiter:
     """The app's limiter (one per process), made on first use."""
     state = app.state
     limiter = getattr(state, "auth_failure_limiter", None)

@@ -49,7 +49,7 @@ from refinery.emitter.client import event_key
 from refinery.ingest.deadletter import DeadLetterQueue
 from refinery.ingest.validate import InvalidEvent, parse_event
 from refinery.redact.events import redact_event
-from refinery.settings import Settings, get_settings
+from refinery.settings import CollectorSettings, Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class WeakCollectorKey(ValueError):
     """A key of COLLECTOR_KEYS too short or too plain to stand as an app's only credential."""
 
 
-def check_collector_keys(settings: Settings) -> None:
+def check_collector_keys(settings: CollectorSettings) -> None:
     """Raise WeakCollectorKey naming the app (never the key) whose key has fewer than
     COLLECTOR_MIN_KEY_CHARS characters or fewer than 10 distinct ones."""
     need = settings.collector_min_key_chars
@@ -206,7 +206,7 @@ def _unavailable(detail: str) -> tuple[int, dict[str, Any]]:
     return 503, {"detail": f"{detail}; retry after {RETRY_AFTER_S} s"}
 
 
-def _cors_headers(settings: Settings, origin: str | None) -> dict[str, str] | None:
+def _cors_headers(settings: CollectorSettings, origin: str | None) -> dict[str, str] | None:
     """CORS headers for an allowed origin; {} without an Origin; None for a refused origin."""
     if origin is None:
         return {}
@@ -250,7 +250,7 @@ def authenticate(request: Request, settings: Settings) -> str | Refusal:
     return key_app
 
 
-def _app_of_key(settings: Settings, key: str) -> str | None:
+def _app_of_key(settings: CollectorSettings, key: str) -> str | None:
     found = None
     for app_id, secret in sorted(settings.collector_keys.items()):
         # Compare with every key, always: the time taken says nothing about which one matched.

@@ -37,7 +37,7 @@ from refinery.embed.embedder import Embedder
 from refinery.embed.service import embed_interactions, query_vector, vectors_from_rows
 from refinery.impact.review_calls import report_applied
 from refinery.impact.verdict import Counts, Verdict, assess
-from refinery.settings import Settings
+from refinery.settings import Settings, TopicSettings
 from refinery.store.models import (
     AuditEntry,
     Cluster,
@@ -294,7 +294,7 @@ def _vectors(session: Session, model: str, ids: list[int]) -> tuple[list[str | N
 
 
 def _alert(
-    session: Session, row: ProposalRow, impact: RefinementImpact, settings: Settings
+    session: Session, row: ProposalRow, impact: RefinementImpact, settings: TopicSettings
 ) -> None:
     """One alert event for a regressed refinement, through the outbox (same transaction)."""
     outbox_id = f"o_{uuid.uuid4().hex}"

@@ -12,12 +12,12 @@ from typing import Any
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
 
-from refinery.settings import Settings
+from refinery.settings import ServiceSettings, Settings
 
 log = logging.getLogger(__name__)
 
 
-def security_config(settings: Settings) -> dict[str, Any]:
+def security_config(settings: ServiceSettings) -> dict[str, Any]:
     config: dict[str, Any] = {"security_protocol": settings.kafka_security_protocol}
     if settings.kafka_sasl_mechanism:
         config["sasl_mechanism"] = settings.kafka_sasl_mechanism
@@ -29,13 +29,13 @@ def security_config(settings: Settings) -> dict[str, Any]:
     return config
 
 
-def bootstrap(settings: Settings) -> str:
+def bootstrap(settings: ServiceSettings) -> str:
     if settings.kafka_bootstrap_servers is None:
         raise RuntimeError("KAFKA_BOOTSTRAP_SERVERS is unset and no embedded broker was started")
     return settings.kafka_bootstrap_servers
 
 
-def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
+def make_producer(settings: ServiceSettings, **overrides: Any) -> KafkaProducer:
     """A producer that does not lose acknowledged writes: acks=all, retries, in-order."""
     config: dict[str, Any] = {
         "bootstrap_servers": bootstrap(settings),

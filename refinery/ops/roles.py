@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from refinery.ops.health import Check, serve_health
-from refinery.settings import Settings
+from refinery.settings import OperationsSettings, ServiceSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,9 @@ def consumer_connected(consumer: Callable[[], Any]) -> Check:
     return check
 
 
-def start_health(settings: Settings, checks: Mapping[str, Check]) -> ThreadingHTTPServer | None:
+def start_health(
+    settings: OperationsSettings, checks: Mapping[str, Check]
+) -> ThreadingHTTPServer | None:
     """Serve /livez, /readyz (the bounded `checks`) and /metrics on HEALTH_PORT, or nothing when
     it is 0. Returns the server for `stop_health`."""
     if settings.health_port == 0:
@@ -162,18 +164,18 @@ def ingest_checks(settings: Settings, consumer: _Polls) -> dict[str, Check]:
     }
 
 
-def broker_checks(settings: Settings) -> dict[str, Check]:
+def broker_checks(settings: ServiceSettings) -> dict[str, Check]:
     """Worker and beat: the Celery broker. Both refuse to start without REDIS_URL."""
     assert settings.redis_url is not None
     return {"broker": redis_check(settings.redis_url)}
 
 
-def worker_checks(settings: Settings) -> dict[str, Check]:
+def worker_checks(settings: ServiceSettings) -> dict[str, Check]:
     """Worker: the broker, and the database every task reads and writes."""
     return broker_checks(settings) | {"database": database_check(settings.database_url)}
 
 
-def relay_checks(settings: Settings, producer: Callable[[], Any]) -> dict[str, Check]:
+def relay_checks(settings: ServiceSettings, producer: Callable[[], Any]) -> dict[str, Check]:
     return {
         "database": database_check(settings.database_url),
         "kafka_producer": producer_connected(producer),
@@ -197,7 +199,7 @@ def wait_until(
     return False
 
 
-def wait_for_database(settings: Settings, should_stop: Callable[[], bool]) -> bool:
+def wait_for_database(settings: ServiceSettings, should_stop: Callable[[], bool]) -> bool:
     return wait_until(
         bounded(database_check(settings.database_url), "database"), "the database", should_stop
     )

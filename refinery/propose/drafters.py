@@ -26,7 +26,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from refinery.propose.drafting import DraftInput, _prompt_edit, kind_evidence
-from refinery.settings import Settings
+from refinery.settings import ProposeSettings
 from refinery.signals.evidence import BEHAVIOUR_RULES, BehaviourRule
 from schemas.proposals import (
     FineTuneDatasetProposal,
@@ -196,7 +196,7 @@ def _user_texts(data: DraftInput) -> list[str]:
 class ChatDrafter:
     """Words system prompt edits with a chat-completions model; falls back to the template."""
 
-    def __init__(self, settings: Settings, client: httpx.Client | None = None) -> None:
+    def __init__(self, settings: ProposeSettings, client: httpx.Client | None = None) -> None:
         assert settings.draft_llm_endpoint, "DRAFT_LLM_ENDPOINT is unset"
         self.model = settings.draft_llm_model
         self.name = f"llm:{self.model}"
@@ -282,7 +282,7 @@ class ChatDrafter:
             raise DraftRejected(f"invalid_output: {exc.error_count()} validation error(s)") from exc
 
 
-def make_drafter(settings: Settings) -> TemplateDrafter | ChatDrafter:
+def make_drafter(settings: ProposeSettings) -> TemplateDrafter | ChatDrafter:
     """Templates unless DRAFT_LLM_ENDPOINT is set."""
     if settings.draft_llm_endpoint:
         return ChatDrafter(settings)
