@@ -594,27 +594,20 @@ def _act(
     actor: str,
     form: dict[str, str],
 ) -> None:
-    if action in ("claim", "release"):
-        decisions.act(
-            sessions,
-            proposal_id,
-            action,
-            actor=actor,
-            topic=settings.topic_approved,
-            force=bool(form.get("force")),
-        )
-        return
-    comment = form.get("comment", "").strip() or None
-    if comment is not None:
-        comment = TypeAdapter(CleanText).validate_python(comment[:4000])
-    try:
-        version = int(form.get("version", ""))
-    except ValueError as exc:
-        raise InvalidEdit("version", "missing; reload the page") from exc
-    edit = None
-    if action == "edit":
-        with sessions() as session:
-            edit = _edit_from_form(service.get_proposal(session, proposal_id).kind, form)
+    comment: str | None = None
+    version: int | None = None
+    edit: ArtifactEdit | None = None
+    if action not in ("claim", "release"):  # a claim has no comment and no version
+        comment = form.get("comment", "").strip() or None
+        if comment is not None:
+            comment = TypeAdapter(CleanText).validate_python(comment[:4000])
+        try:
+            version = int(form.get("version", ""))
+        except ValueError as exc:
+            raise InvalidEdit("version", "missing; reload the page") from exc
+        if action == "edit":
+            with sessions() as session:
+                edit = _edit_from_form(service.get_proposal(session, proposal_id).kind, form)
     decisions.act(
         sessions,
         proposal_id,
@@ -624,6 +617,7 @@ def _act(
         comment=comment,
         expected_version=version,
         edit=edit,
+        force=bool(form.get("force")),
     )
 
 
