@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from refinery.ingest.storage import SessionKey, insert_new
 from refinery.ops.metrics import FAILED_WORK, FAILED_WORK_PARKED, RECONCILE_REENQUEUED, after_commit
 from refinery.reconcile.due import KINDS, DueItem, find_due, interaction_apps, still_due
-from refinery.settings import Settings
+from refinery.settings import Settings, WorkerSettings
 from refinery.store.locks import lease
 from refinery.store.models import FailedWork
 
@@ -250,7 +250,7 @@ def list_failed(session: Session, *, parked_only: bool = True) -> list[FailedWor
 def retry_failed(
     session: Session,
     enqueue: Enqueuers,
-    settings: Settings,
+    settings: WorkerSettings,
     *,
     ids: Sequence[int] | None = None,
     now: datetime | None = None,
