@@ -103,10 +103,9 @@ def _bare_loop(bootstrap: str, topics: list[str], total: int, batch: int) -> flo
 
 
 def _ingest(settings, total: int, *, inline_rephrase: bool, redis_url: str | None) -> dict:  # type: ignore[no-untyped-def]
-    from refinery.embed import embedding_model_name
     from refinery.embed.embedder import get_embedder
     from refinery.ingest.consumer import IngestConsumer
-    from refinery.kafka.clients import make_consumer, make_producer
+    from refinery.kafka.clients import make_producer
     from refinery.signals.sessions import analyze_sessions
     from refinery.store.db import session_factory
 
@@ -131,16 +130,14 @@ def _ingest(settings, total: int, *, inline_rephrase: bool, redis_url: str | Non
     else:
         enqueue, enqueue_sessions = (lambda ids: None), (lambda keys: None)
 
-    consumer = IngestConsumer(
+    consumer = IngestConsumer.on_event_topics(
         settings,
-        consumer=make_consumer(settings, settings.topic_interactions, settings.topic_feedback,
-                               group_id=f"ingest-{uuid.uuid4().hex[:6]}"),
         producer=make_producer(settings),
         sessions=sessions,
         enqueue=enqueue,
-        embedding_model=embedding_model_name(settings),
+        group_id=f"ingest-{uuid.uuid4().hex[:6]}",
         enqueue_sessions=enqueue_sessions,
-    )  # fmt: skip
+    )
     started, first = None, 0
     while consumer.stats.consumed < total:
         handled = consumer.poll_once()

@@ -78,9 +78,8 @@ def bench_ingest(n: int, redis_url: str, database_url: str, profile: str | None 
     profiled; profiling slows ingest, so its figure is then not comparable)."""
     from kafka import KafkaConsumer, KafkaProducer
 
-    from refinery.embed import embedding_model_name
     from refinery.ingest.consumer import IngestConsumer
-    from refinery.kafka.clients import make_consumer, make_producer
+    from refinery.kafka.clients import make_producer
     from refinery.kafka.embedded import ensure_topics, start_embedded_broker
     from refinery.runtime import celery_enqueue
     from refinery.settings import Settings
@@ -137,18 +136,12 @@ def bench_ingest(n: int, redis_url: str, database_url: str, profile: str | None 
         bare.close()
 
         migrate(database_url)
-        consumer = IngestConsumer(
+        consumer = IngestConsumer.on_event_topics(
             settings,
-            consumer=make_consumer(
-                settings,
-                settings.topic_interactions,
-                settings.topic_feedback,
-                group_id=f"ingest-{suffix}",
-            ),
             producer=make_producer(settings),
             sessions=session_factory(database_url),
             enqueue=celery_enqueue(settings),
-            embedding_model=embedding_model_name(settings),
+            group_id=f"ingest-{suffix}",
         )
         profiler = None
         if profile:

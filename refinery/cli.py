@@ -54,10 +54,9 @@ def cmd_migrate(settings: Settings, _: argparse.Namespace) -> int:
 
 
 def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
-    from refinery.embed import embedding_model_name
     from refinery.ingest.consumer import IngestConsumer, IngestFatal
     from refinery.ingest.deadletter import DeadLetterCapExceeded
-    from refinery.kafka.clients import ReplacingProducer, make_consumer, make_producer
+    from refinery.kafka.clients import ReplacingProducer, make_producer
     from refinery.ops.roles import ingest_checks, start_health, stop_health
     from refinery.runtime import celery_enqueue, start_runtime
     from refinery.signals.enqueue import session_enqueue
@@ -69,18 +68,11 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
     # Dead letters: a producer left failing by a broker restart is replaced (ReplacingProducer).
     producer = ReplacingProducer(lambda: make_producer(settings))
     enqueue = celery_enqueue(settings)
-    consumer = IngestConsumer(
+    consumer = IngestConsumer.on_event_topics(
         settings,
-        consumer=make_consumer(
-            settings,
-            settings.topic_interactions,
-            settings.topic_feedback,
-            group_id=settings.ingest_group_id,
-        ),
         producer=producer,
         sessions=runtime.sessions,
         enqueue=enqueue,
-        embedding_model=embedding_model_name(settings),
         enqueue_sessions=session_enqueue(settings),
     )
     # Without Celery beat (eager mode) the abandon and orphan sweeps run between polls.

@@ -23,7 +23,7 @@ from refinery.dispatch import dispatcher
 from refinery.embed import embedding_model_name
 from refinery.embed.service import query_vector
 from refinery.ingest.consumer import IngestConsumer
-from refinery.kafka.clients import make_consumer, make_producer
+from refinery.kafka.clients import make_producer
 from refinery.review.service import ProposalFilter, list_proposals
 from refinery.runtime import celery_enqueue, start_runtime
 from refinery.settings import Settings
@@ -82,18 +82,12 @@ def _produce_and_ingest(settings: Settings, sessions, work: Workload, out) -> No
         f"events, {len(work.invalid)} invalid events",
         file=out,
     )
-    consumer = IngestConsumer(
+    consumer = IngestConsumer.on_event_topics(
         settings,
-        consumer=make_consumer(
-            settings,
-            settings.topic_interactions,
-            settings.topic_feedback,
-            group_id=f"{settings.ingest_group_id}-demo",
-        ),
         producer=producer,
         sessions=sessions,
         enqueue=celery_enqueue(settings),
-        embedding_model=embedding_model_name(settings),
+        group_id=f"{settings.ingest_group_id}-demo",
     )
     stats = consumer.run(until_caught_up=True)
     consumer.close()

@@ -34,9 +34,11 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
 from sqlalchemy.orm import Session, sessionmaker
 
+from refinery.embed import embedding_model_name
 from refinery.ingest.deadletter import DeadLetterCap, DeadLetterQueue
 from refinery.ingest.storage import Origin, SessionKey, judge_touched, sessions_due, store_events
 from refinery.ingest.validate import InvalidEvent, parse_event
+from refinery.kafka.clients import make_consumer
 from refinery.ops.metrics import (
     CONSUMER_LAG,
     ENQUEUE_BATCHES,
@@ -173,6 +175,35 @@ class IngestConsumer:
             settings.topic_interactions: "interaction",
             settings.topic_feedback: "feedback",
         }
+
+    @classmethod
+    def on_event_topics(
+        cls,
+        settings: Settings,
+        *,
+        producer: KafkaProducer,
+        sessions: sessionmaker[Session],
+        enqueue: Enqueue,
+        group_id: str | None = None,
+        enqueue_sessions: EnqueueSessions | None = None,
+    ) -> IngestConsumer:
+        """The consumer of the interactions and feedback topics, in consumer group `group_id`
+        (INGEST_GROUP_ID by default), caching vectors under the configured model's name.
+        `producer` sends the dead letters."""
+        return cls(
+            settings,
+            consumer=make_consumer(
+                settings,
+                settings.topic_interactions,
+                settings.topic_feedback,
+                group_id=group_id or settings.ingest_group_id,
+            ),
+            producer=producer,
+            sessions=sessions,
+            enqueue=enqueue,
+            embedding_model=embedding_model_name(settings),
+            enqueue_sessions=enqueue_sessions,
+        )
 
     def poll_once(self) -> int:
         """Poll one batch and carry it through to committed offsets; returns records handled."""

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from refinery.demo.workload import APP_ID, generate
 from refinery.embed import embedding_model_name
 from refinery.ingest.consumer import IngestConsumer
-from refinery.kafka.clients import make_consumer, make_producer
+from refinery.kafka.clients import make_producer
 from refinery.runtime import celery_enqueue, start_runtime
 from refinery.store.models import AuditEntry, Feedback, Interaction, ProposalRow
 from tests.integration.helpers import produce_workload, start_role, wait_for
@@ -84,18 +84,11 @@ def test_embedded_default_sqlite_eager(
     produce_workload(settings, work)
 
     def ingest_all():
-        consumer = IngestConsumer(
+        consumer = IngestConsumer.on_event_topics(
             settings,
-            consumer=make_consumer(
-                settings,
-                settings.topic_interactions,
-                settings.topic_feedback,
-                group_id=settings.ingest_group_id,
-            ),
             producer=make_producer(settings),
             sessions=runtime.sessions,
             enqueue=celery_enqueue(settings),
-            embedding_model=embedding_model_name(settings),
         )
         stats = consumer.run(until_caught_up=True)
         consumer.close()

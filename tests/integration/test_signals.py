@@ -327,7 +327,7 @@ def test_rephrase_and_abandon_on_a_celery_worker_over_redis(
     """The deployed wiring: ingest hands sessions to Celery (Redis), a `refinery worker` on the
     embed queue detects the rephrases, and the beat task finds the abandon."""
     from refinery.ingest.consumer import IngestConsumer
-    from refinery.kafka.clients import make_consumer, make_producer
+    from refinery.kafka.clients import make_producer
     from refinery.runtime import celery_enqueue
     from refinery.signals.enqueue import session_enqueue
     from workers.celery_app import app
@@ -355,16 +355,13 @@ def test_rephrase_and_abandon_on_a_celery_worker_over_redis(
     )
     try:
         producer = make_producer(settings)
-        consumer = IngestConsumer(
+        consumer = IngestConsumer.on_event_topics(
             settings,
-            consumer=make_consumer(settings, settings.topic_interactions, settings.topic_feedback,
-                                   group_id=settings.ingest_group_id),
             producer=producer,
             sessions=session_factory(postgres_url),
             enqueue=celery_enqueue(settings),
-            embedding_model=embedding_model_name(settings),
             enqueue_sessions=session_enqueue(settings),
-        )  # fmt: skip
+        )
         try:
             stats = consumer.run(until_caught_up=True)
         finally:

@@ -12,12 +12,11 @@ from datetime import UTC, datetime, timedelta
 
 from kafka import KafkaProducer
 
-from refinery.embed import embedding_model_name
 from refinery.embed.embedder import get_embedder
 from refinery.ingest.consumer import IngestConsumer, IngestStats
 from refinery.ingest.deadletter import DeadLetter, read_dead_letters
 from refinery.ingest.storage import SessionKey
-from refinery.kafka.clients import make_consumer, make_producer
+from refinery.kafka.clients import make_producer
 from refinery.settings import Settings
 from refinery.signals.sessions import analyze_sessions
 from refinery.store.db import session_factory
@@ -117,18 +116,11 @@ def ingest(settings: Settings, *, analyze: bool = True, timeout_s: float = 90) -
         enqueued.extend(result.to_embed)
 
     producer = make_producer(settings)
-    consumer = IngestConsumer(
+    consumer = IngestConsumer.on_event_topics(
         settings,
-        consumer=make_consumer(
-            settings,
-            settings.topic_interactions,
-            settings.topic_feedback,
-            group_id=settings.ingest_group_id,
-        ),
         producer=producer,
         sessions=sessions,
         enqueue=enqueued.extend,
-        embedding_model=embedding_model_name(settings),
         enqueue_sessions=analyse if analyze else None,
     )
     deadline = time.monotonic() + timeout_s
