@@ -41,8 +41,10 @@ def _limit(info: ValidationInfo, name: str) -> int | None:
 
 
 class _Event(BaseModel):
-    # Minor versions may add fields: ignore what we do not know rather than refuse it.
-    model_config = ConfigDict(extra="ignore", str_strip_whitespace=False)
+    # Minor versions may add fields: ignore what we do not know rather than refuse it. NaN and
+    # Infinity parse from JSON (Python's json writes them) but are not JSON to PostgreSQL: an
+    # event holding one would fail its whole batch at the insert, again on every redelivery.
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=False, allow_inf_nan=False)
 
     event_id: Identifier = Field(description="Idempotency key, unique per event.")
     schema_version: SchemaVersion = Field(CURRENT_SCHEMA_VERSION, description="MAJOR.MINOR.")
@@ -71,7 +73,7 @@ class _Event(BaseModel):
 
 
 class RetrievedSource(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)  # see _Event
 
     source_id: Identifier
     title: str | None = Field(None, max_length=1000)

@@ -75,6 +75,20 @@ BAD = [
         raw({**interaction("old", "q"), "occurred_at": "1970-01-01T00:00:00Z"}),
     ),
     ("unknown app", "unknown_app", raw(interaction("app", "q", app="stranger"))),
+    # Python's json writes NaN and Infinity; PostgreSQL's json refuses them, which once failed
+    # the whole batch at the insert, on every redelivery.
+    (
+        "NaN source score",
+        "schema_violation",
+        raw(
+            interaction("nan", "q", retrieved_sources=[{"source_id": "kb", "score": float("nan")}])
+        ),
+    ),
+    (
+        "infinite metadata value",
+        "schema_violation",
+        raw(interaction("inf", "q", metadata={"cost": float("inf")})),
+    ),
     (
         "feedback on the interactions topic",
         "wrong_topic",

@@ -64,6 +64,8 @@ def nested(depth: int) -> dict:
         (json.dumps(good(response="r" * 5000)).encode(), "oversize"),
         (b'{"event_id": "\xff\xfe"}', "invalid_utf8"),
         (json.dumps(nested(20)).encode(), "too_deep"),
+        (json.dumps(good(latency_ms=float("inf"))).encode(), "schema_violation"),
+        (json.dumps(good(metadata={"x": float("nan")})).encode(), "schema_violation"),
         (b"[" * 100_000 + b"]" * 100_000, "oversize"),
     ],
 )
