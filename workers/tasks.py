@@ -20,7 +20,7 @@ from refinery.embed.embedder import get_embedder
 from refinery.embed.service import embed_interactions as embed_service
 from refinery.ingest.storage import SessionKey
 from refinery.ops.optional import REGION_RATES, optional_step
-from refinery.propose.service import propose_for_app as propose_service
+from refinery.propose.service import propose_and_commit
 from refinery.reconcile.service import Enqueuers, pass_lock
 from refinery.reconcile.service import reconcile as reconcile_pass
 from refinery.settings import get_settings
@@ -135,8 +135,7 @@ def _recluster(app_id: str) -> dict:
 def _propose(app_id: str) -> dict:
     """Draft the app's proposals; the caller holds its app lock."""
     settings = get_settings()
-    with session_scope(settings.database_url) as session:
-        result = propose_service(session, app_id, settings, embedding_model_name(settings))
+    result = propose_and_commit(app_id, settings, embedding_model_name(settings))
     return {
         "app_id": app_id,
         "created": len(result.created),

@@ -2,7 +2,8 @@
 
 Owns inserts and system updates of proposals. Re-running is idempotent: the open proposal for a
 (cluster, kind) is updated only if its content changed; a cluster whose proposal reviewers already
-decided gets no new one; proposals of retired clusters are superseded.
+decided gets no new one; proposals of retired clusters are superseded. A drafter that may call a
+server is asked with no transaction open (`propose_and_commit`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import hashlib
 import json
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
 
@@ -25,13 +27,21 @@ from refinery.corpus.store import corpus_index
 from refinery.embed.embedder import get_embedder
 from refinery.embed.service import query_vector, vectors_from_rows
 from refinery.ops.metrics import PROPOSALS, after_commit
-from refinery.propose.drafters import ChatDrafter, Drafter, make_drafter
+from refinery.propose.drafters import (
+    TEMPLATE,
+    ChatDrafter,
+    Drafter,
+    TemplateDrafter,
+    make_drafter,
+    marked,
+)
 from refinery.propose.drafting import DraftInput, MemberEvidence, draft
 from refinery.propose.ranking import AppTraffic, expected_impact
 from refinery.propose.topics import TopicVectors, group_same_topic
 from refinery.review.decisions import system_transition
 from refinery.review.transitions import record_audit
 from refinery.settings import Settings
+from refinery.store.db import session_scope
 from refinery.store.models import (
     AuditEntry,
     Cluster,
@@ -57,6 +67,13 @@ from schemas.proposals import (
 AnyProposal = SystemPromptEditProposal | RagSourceProposal | FineTuneDatasetProposal
 
 SYSTEM_ACTOR = "system:proposer"
+# Passes of propose_and_commit: a draft whose evidence changed again by the last one is stored in
+# the template's words (it was drafted from evidence that is no longer the cluster's).
+WORDING_PASSES = 3
+STALE_WORDING = "rejected: the evidence changed while the model worded it"
+
+Word = Callable[[DraftInput, AnyProposal], AnyProposal | None]
+"""A drafter's word(), or None: not worded yet, store nothing for this draft in this pass."""
 
 
 @dataclass
@@ -66,6 +83,8 @@ class ProposeResult:
     unchanged: list[str] = field(default_factory=list)
     superseded: list[str] = field(default_factory=list)
     skipped_clusters: list[str] = field(default_factory=list)
+    # Clusters whose draft the pass found unworded (propose_and_commit words them and runs again).
+    unworded: list[str] = field(default_factory=list)
 
 
 def propose_for_app(
@@ -75,17 +94,81 @@ def propose_for_app(
     model: str,
     drafter: Drafter | None = None,
 ) -> ProposeResult:
-    """`drafter` words the templates' drafts (refinery.propose.drafters); default: the one the
-    settings select (templates unless DRAFT_LLM_ENDPOINT is set)."""
+    """In the caller's transaction, the drafter asked inside it. `drafter` words the templates'
+    drafts (refinery.propose.drafters); default: the one the settings select (templates unless
+    DRAFT_LLM_ENDPOINT is set). Workers use `propose_and_commit`, which asks a model outside."""
     result = ProposeResult()
-    own_drafter = drafter is None
-    drafter = drafter or make_drafter(settings)
-    try:
-        _propose(session, app_id, settings, model, drafter, result)
-    finally:
-        if own_drafter and isinstance(drafter, ChatDrafter):
-            drafter.close()
+    with _drafter_of(settings, drafter) as chosen:
+        _propose(session, app_id, settings, model, chosen.word, result)
     return result
+
+
+def propose_and_commit(
+    app_id: str, settings: Settings, model: str, drafter: Drafter | None = None
+) -> ProposeResult:
+    """`propose_for_app` in a transaction of its own, the drafter (when not the templates, which
+    word in memory) asked with no transaction open: a remote model would otherwise hold the
+    proposals' rows, and a connection, for as long as it takes. The caller holds the app's lock.
+
+    A pass that finds drafts still to word writes none of them, nor supersedes anything, and is
+    rolled back; they are worded; the next pass reads everything again and stores the words of
+    each draft whose template content (fingerprint) is still the one worded. A draft changed
+    meanwhile is worded again, or, on the last pass, stored in the template's words
+    (fallback_reason says so); a proposal a reviewer decided or edited meanwhile is theirs, as in
+    any pass (`transition()`'s one winner)."""
+    with _drafter_of(settings, drafter) as chosen:
+        if isinstance(chosen, TemplateDrafter):
+            with session_scope(settings.database_url) as session:
+                return propose_for_app(session, app_id, settings, model, chosen)
+        outside = _WordedOutside(chosen)
+        for n in range(1, WORDING_PASSES + 1):
+            outside.last_pass = n == WORDING_PASSES
+            result = ProposeResult()
+            with session_scope(settings.database_url) as session:
+                _propose(session, app_id, settings, model, outside.word, result)
+                if result.unworded:
+                    session.rollback()
+            if not result.unworded:
+                return result
+            outside.word_pending()  # no transaction open
+    raise AssertionError("the last pass words every draft")
+
+
+@contextmanager
+def _drafter_of(settings: Settings, drafter: Drafter | None) -> Iterator[Drafter]:
+    """`drafter`, or the settings' (closed after use)."""
+    chosen = drafter or make_drafter(settings)
+    try:
+        yield chosen
+    finally:
+        if drafter is None and isinstance(chosen, ChatDrafter):
+            chosen.close()
+
+
+class _WordedOutside:
+    """A drafter's words, asked for between passes of propose_and_commit, with no transaction
+    open. Keyed by the template draft they word, (cluster, kind, fingerprint): a pass takes them
+    only for a draft whose content is still the one the drafter saw."""
+
+    def __init__(self, drafter: Drafter) -> None:
+        self._drafter = drafter
+        self._worded: dict[tuple[str, str, str], AnyProposal] = {}
+        self._pending: dict[tuple[str, str, str], tuple[DraftInput, AnyProposal]] = {}
+        self.last_pass = False
+
+    def word(self, data: DraftInput, proposal: AnyProposal) -> AnyProposal | None:
+        key = (data.cluster_id, proposal.kind.value, fingerprint_of(proposal))
+        if key in self._worded:
+            return self._worded[key]
+        if self.last_pass:
+            return marked(proposal, TEMPLATE, STALE_WORDING)
+        self._pending[key] = (data, proposal)
+        return None
+
+    def word_pending(self) -> None:
+        for key, (data, proposal) in self._pending.items():
+            self._worded[key] = self._drafter.word(data, proposal)
+        self._pending.clear()
 
 
 def _propose(
@@ -93,7 +176,7 @@ def _propose(
     app_id: str,
     settings: Settings,
     model: str,
-    drafter: Drafter,
+    word: Word,
     result: ProposeResult,
 ) -> None:
     clusters = session.scalars(
@@ -121,8 +204,10 @@ def _propose(
             update={"evidence": proposal.evidence.model_copy(update={"expected_impact": impact})}
         )
         before = len(result.created)
-        _upsert(session, cluster, proposal, result, word=partial(drafter.word, data))
+        _upsert(session, cluster, proposal, result, word=partial(word, data))
         transitions[(kind, ProposalStatus.PENDING)] += len(result.created) - before
+    if result.unworded:
+        return  # the caller rolls this pass back, words them, and proposes again
 
     # Pending proposals the current evidence no longer calls for: their cluster was retired or
     # merged, or its refinement now comes from another cluster's proposal.
@@ -319,9 +404,10 @@ def _upsert(
     cluster: Cluster,
     proposal: AnyProposal,
     result: ProposeResult,
-    word: Callable[[AnyProposal], AnyProposal] | None = None,
+    word: Callable[[AnyProposal], AnyProposal | None] | None = None,
 ) -> None:
-    """`proposal` is the template's draft; `word` (a drafter) words it only when it is stored."""
+    """`proposal` is the template's draft; `word` (a drafter) words it only when it is stored;
+    nothing is stored for a draft it has not worded yet (None: result.unworded)."""
     fingerprint = fingerprint_of(proposal)
     kind = proposal.kind.value
     word = word or (lambda p: p)
@@ -340,7 +426,11 @@ def _upsert(
             # A person's edit outranks a template redraft; the evidence shown stays as they saw it.
             result.unchanged.append(open_row.id)
             return
-        proposal = word(proposal)
+        worded = word(proposal)
+        if worded is None:
+            result.unworded.append(cluster.id)
+            return
+        proposal = worded
         if not system_transition(
             session,
             open_row,
@@ -368,7 +458,11 @@ def _upsert(
         # Reviewers already ruled on this failure mode; do not ask them again.
         result.unchanged.append(decided)
         return
-    proposal = word(proposal)
+    worded = word(proposal)
+    if worded is None:
+        result.unworded.append(cluster.id)
+        return
+    proposal = worded
     row = ProposalRow(
         id=f"p_{uuid.uuid4().hex[:16]}",
         app_id=cluster.app_id,
