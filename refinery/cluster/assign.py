@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from refinery.cluster.algorithm import assign_to_centroids
 from refinery.cluster.lock import cluster_lock
 from refinery.embed.service import query_vector, vectors_from_rows
-from refinery.settings import Settings
+from refinery.settings import ClusterSettings, Settings
 from refinery.store.db import session_scope
 from refinery.store.models import Cluster, Embedding, Interaction, utcnow
 
@@ -68,7 +68,7 @@ def apps_with_due(session: Session) -> list[str]:
 def assign_due(
     session: Session,
     app_id: str,
-    settings: Settings,
+    settings: ClusterSettings,
     model: str,
     *,
     now: datetime | None = None,

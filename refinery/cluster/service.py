@@ -43,7 +43,7 @@ from refinery.cluster.trends import refresh_trends
 from refinery.embed import embedding_model_name
 from refinery.embed.service import query_vector, vectors_from_rows
 from refinery.ops.metrics import CLUSTERS
-from refinery.settings import Settings
+from refinery.settings import ClusterSettings, ProposeSettings, Settings
 from refinery.signals.evidence import (
     TYPED_FEEDBACK_KINDS,
     UNSPECIFIED,
@@ -304,7 +304,11 @@ def _cut(
 
 
 def _name_clusters(
-    app_id: str, rows: Sequence[Row[Any]], cut: _Cut, previous: _Previous, settings: Settings
+    app_id: str,
+    rows: Sequence[Row[Any]],
+    cut: _Cut,
+    previous: _Previous,
+    settings: ClusterSettings,
 ) -> _Naming:
     """Stable ids: each new cluster takes the id of the old one it shares most members with, else
     of the most similar unclaimed old centroid, else one derived from its members."""
@@ -348,7 +352,7 @@ def _record_lineage(
     cut: _Cut,
     naming: _Naming,
     previous: _Previous,
-    settings: Settings,
+    settings: ClusterSettings,
     now: datetime,
 ) -> list[LineageEvent]:
     """Where the members of each old cluster went: merges, splits, new and retired clusters as
@@ -388,7 +392,7 @@ def _store_clusters(
     cut: _Cut,
     naming: _Naming,
     previous: _Previous,
-    settings: Settings,
+    settings: ClusterSettings,
     now: datetime,
 ) -> tuple[dict[int, str], dict[str, list[str]]]:
     """Create or update each cluster (size, centroid, vector sum, representative queries).
@@ -423,7 +427,7 @@ def _store_clusters(
 
 
 def _label_clusters(
-    session: Session, docs: dict[str, list[str]], settings: Settings, titler: Titler | None
+    session: Session, docs: dict[str, list[str]], settings: ClusterSettings, titler: Titler | None
 ) -> None:
     """Keywords (c-TF-IDF over the clusters' queries), the label made of them, and a title."""
     keywords = cluster_keywords(docs, top_n=settings.cluster_keywords)
@@ -500,7 +504,7 @@ def _failure_types(
     app_id: str,
     window_start: datetime,
     rows: Sequence[Row[Any]],
-    settings: Settings,
+    settings: ProposeSettings,
 ) -> list[str]:
     """refinery.signals.evidence.failure_type of each row, from one query for the feedback that
     can type it (corrections and comments of the window's failing interactions). Responses can be

@@ -18,7 +18,7 @@ from typing import Protocol
 import httpx
 
 from refinery.ops.optional import CLUSTER_TITLES, optional_step_failed
-from refinery.settings import Settings
+from refinery.settings import ClusterSettings
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class ChatTitler:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: ClusterSettings,
         client: httpx.Client | None = None,
         *,
         raise_errors: bool = False,
@@ -123,7 +123,7 @@ class OptionalTitler:
 
 
 def make_titler(
-    settings: Settings, app_id: str | None = None
+    settings: ClusterSettings, app_id: str | None = None
 ) -> ChatTitler | OptionalTitler | None:
     """The titler of a re-cluster, None without CLUSTER_TITLE_ENDPOINT. With `app_id`, wrapped as
     that app's optional step (what the re-cluster task uses)."""

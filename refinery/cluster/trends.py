@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import func, select, true
 from sqlalchemy.orm import Session
 
-from refinery.settings import Settings
+from refinery.settings import TrendSettings
 from refinery.store.models import Cluster, Interaction
 
 
@@ -96,7 +96,7 @@ def compute_trend(
 
 
 def refresh_trends(
-    session: Session, app_id: str, settings: Settings, *, now: datetime
+    session: Session, app_id: str, settings: TrendSettings, *, now: datetime
 ) -> dict[str, Trend]:
     """Recompute and store the trend of every active cluster of `app_id`."""
     clusters = {

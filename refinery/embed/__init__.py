@@ -4,12 +4,12 @@ Owns the embeddings table. Loads the model lazily, once per process; importing t
 does not import sentence-transformers (it costs seconds), so roles that never embed stay light.
 """
 
-from refinery.settings import Settings
+from refinery.settings import EmbedSettings
 
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
 
 
-def embedding_model_name(settings: Settings) -> str:
+def embedding_model_name(settings: EmbedSettings) -> str:
     """The cache key of the model: vectors of different models never mix, nor int8 vectors with
     fp32 ones of the same model (EMBEDDING_INT8 adds "+int8")."""
     name = settings.embedding_model_path or DEFAULT_MODEL_NAME

@@ -12,7 +12,7 @@ from typing import Protocol
 import numpy as np
 
 from refinery.embed import embedding_model_name
-from refinery.settings import Settings
+from refinery.settings import EmbedSettings
 
 
 class Embedder(Protocol):
@@ -116,7 +116,7 @@ def quantize_int8(model):  # type: ignore[no-untyped-def]
 _PROCESS_EMBEDDER: dict[str, Embedder] = {}
 
 
-def get_embedder(settings: Settings) -> Embedder:
+def get_embedder(settings: EmbedSettings) -> Embedder:
     """One embedder per worker process and model."""
     name = embedding_model_name(settings)
     if name not in _PROCESS_EMBEDDER:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from refinery.settings import Settings
+from refinery.settings import SignalsSettings
 
 
 class FeedbackLike(Protocol):
@@ -58,7 +58,7 @@ def as_utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-def signal_weight(fb: FeedbackLike, settings: Settings) -> tuple[float, str]:
+def signal_weight(fb: FeedbackLike, settings: SignalsSettings) -> tuple[float, str]:
     """(weight, reason) of one signal; weight 0 means it does not count."""
     kind = fb.kind
     if kind == "rating":
@@ -82,7 +82,7 @@ def signal_weight(fb: FeedbackLike, settings: Settings) -> tuple[float, str]:
 
 
 def judge_interaction(
-    interaction: InteractionLike, feedback: Sequence[FeedbackLike], settings: Settings
+    interaction: InteractionLike, feedback: Sequence[FeedbackLike], settings: SignalsSettings
 ) -> FailureVerdict:
     start = as_utc(interaction.occurred_at)
     by_id = {

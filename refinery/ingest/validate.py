@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from refinery.redact.events import redact_text
-from refinery.settings import Settings
+from refinery.settings import IngestSettings
 from schemas.events import SUPPORTED_MAJOR_VERSION, Event, FeedbackEvent, InteractionEvent
 
 _EVENT_ADAPTER: TypeAdapter[InteractionEvent | FeedbackEvent] = TypeAdapter(Event)
@@ -58,7 +58,7 @@ class InvalidEvent:
         object.__setattr__(self, "detail", redact_text(self.detail))
 
 
-def limits_context(settings: Settings) -> dict[str, int]:
+def limits_context(settings: IngestSettings) -> dict[str, int]:
     return {
         "max_query_chars": settings.max_query_chars,
         "max_response_chars": settings.max_response_chars,
@@ -105,7 +105,7 @@ def _major_version(payload: dict[str, Any]) -> int | None:
 
 def parse_event(
     raw: bytes | None,
-    settings: Settings,
+    settings: IngestSettings,
     *,
     expected_type: str | None = None,
     now: datetime | None = None,
@@ -169,7 +169,7 @@ def parse_event(
 
 
 def _parse_fast(
-    raw: bytes, settings: Settings, expected_type: str | None
+    raw: bytes, settings: IngestSettings, expected_type: str | None
 ) -> InteractionEvent | FeedbackEvent | None:
     """The event straight from the bytes (pydantic's JSON parser, no dict in between) when it
     is certainly valid, else None: then the full checks below find the reason. Taken only when
@@ -187,7 +187,10 @@ def _parse_fast(
 
 
 def check_event(
-    event: InteractionEvent | FeedbackEvent, settings: Settings, *, now: datetime | None = None
+    event: InteractionEvent | FeedbackEvent,
+    settings: IngestSettings,
+    *,
+    now: datetime | None = None,
 ) -> InteractionEvent | FeedbackEvent | InvalidEvent:
     """The deployment's rules on a well-formed event: registered app, plausible timestamp."""
     if settings.registered_app_ids and event.app_id not in settings.registered_app_ids:

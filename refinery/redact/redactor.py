@@ -32,7 +32,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from refinery.settings import Settings
+    from refinery.settings import RedactionSettings
 
 EMAIL, IBAN, CARD, IP, PHONE = "EMAIL", "IBAN", "CARD", "IP", "PHONE"
 SSN, SECRET, ADDRESS, NAME = "SSN", "SECRET", "ADDRESS", "NAME"
@@ -540,7 +540,7 @@ class Redactor:
         self._every_detector = frozenset(range(len(detectors)))
 
     @classmethod
-    def from_settings(cls, settings: Settings | None = None) -> Redactor:
+    def from_settings(cls, settings: RedactionSettings | None = None) -> Redactor:
         """A redactor configured by the `redaction_*` settings (the process's by default)."""
         if settings is None:
             from refinery.settings import get_settings
