@@ -421,9 +421,7 @@ def cmd_review(settings: Settings, args: argparse.Namespace) -> int:
                 print(
                     render.proposal_json(row, history)
                     if args.json
-                    else render.proposal_text(
-                        row, history, baseline_buckets=settings.trend_baseline_buckets
-                    )
+                    else render.proposal_text(row, history, settings)
                 )
             return 0
         actor = args.actor

@@ -31,7 +31,7 @@ from refinery.api.models import (
 )
 from refinery.review.figures import evidence_figures
 from refinery.review.service import ProposalFilter, clamp_offset, filter_conditions, sort_order
-from refinery.settings import Settings
+from refinery.settings import TrendSettings
 from refinery.store.models import AuditEntry, Cluster, ProposalRow
 from schemas.proposals import Evidence, ProposalKind
 
@@ -208,18 +208,16 @@ def detail(
     session: Session,
     row: ProposalRow,
     history: list[AuditEntry],
+    settings: TrendSettings,
     *,
     max_rows: int = 200,
-    baseline_buckets: int | None = None,
 ) -> ProposalDetail:
-    """`baseline_buckets` (TREND_BASELINE_BUCKETS, its default when None) stands in for evidence
-    drafted before it recorded its own."""
-    if baseline_buckets is None:
-        baseline_buckets = int(Settings.model_fields["trend_baseline_buckets"].default)
+    """The proposal as a reviewer reads it; TREND_BASELINE_BUCKETS stands in for evidence
+    drafted before it recorded its own baseline."""
     payload = row.payload
     cluster = session.get(Cluster, row.cluster_id)
     evidence = Evidence.model_validate(payload["evidence"])
-    figures = evidence_figures(evidence, default_baseline_buckets=baseline_buckets)
+    figures = evidence_figures(evidence, default_baseline_buckets=settings.trend_baseline_buckets)
     return ProposalDetail(
         **summary(row).model_dump(),
         rationale=payload.get("rationale", ""),

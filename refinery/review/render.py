@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from refinery.review.figures import evidence_figures, fold
-from refinery.settings import Settings
+from refinery.settings import TrendSettings
 from refinery.store.models import AuditEntry, ProposalRow
 from schemas.proposals import Evidence
 
@@ -69,18 +69,12 @@ def proposal_json(row: ProposalRow, history: list[AuditEntry]) -> str:
     )
 
 
-def proposal_text(
-    row: ProposalRow, history: list[AuditEntry], *, baseline_buckets: int | None = None
-) -> str:
+def proposal_text(row: ProposalRow, history: list[AuditEntry], settings: TrendSettings) -> str:
     """The proposal as the web UI shows it, in plain text: the same figures
     (refinery.review.figures), feedback once per kind, long responses cut."""
     p = row.payload
     ev = Evidence.model_validate(p["evidence"])
-    fig = evidence_figures(
-        ev,
-        default_baseline_buckets=baseline_buckets
-        or int(Settings.model_fields["trend_baseline_buckets"].default),
-    )
+    fig = evidence_figures(ev, default_baseline_buckets=settings.trend_baseline_buckets)
     merged = f", the sum of {len(fig.parts)} clusters" if len(fig.parts) > 1 else ""
     out = [
         f"{row.id}  [{row.status}, version {row.version}]  {row.kind}",

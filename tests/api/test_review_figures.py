@@ -169,10 +169,52 @@ def test_figures_agree_in_ui_api_and_cli(api_env, client, kind, merged):
     # CLI: the same sentence.
     with api_env.sessions() as s:
         row = s.get(ProposalRow, pid)
-        cli_text = proposal_text(row, [])
+        cli_text = proposal_text(row, [], api_env.settings)
     assert trend["summary"] in cli_text
     assert cli_text.count("thumbs_down x2") == 1
     assert LONG_RESPONSE not in cli_text
+
+
+def test_an_old_proposal_takes_the_configured_baseline_in_every_view(api_env):
+    """Evidence drafted before it recorded its own trend_baseline_buckets is read with
+    TREND_BASELINE_BUCKETS, not the setting's default: GET, the approve response, the web UI and
+    the CLI show the same baseline."""
+    from fastapi.testclient import TestClient
+
+    from refinery.api.app import create_app
+
+    settings = api_env.settings.model_copy(update={"trend_baseline_buckets": 3})
+    pid = insert_proposal(api_env.sessions, "rag_source")
+    with api_env.sessions.begin() as s:
+        row = s.get(ProposalRow, pid)
+        payload = json.loads(json.dumps(row.payload))
+        payload["evidence"].pop("trend_baseline_buckets", None)  # stored before it was kept
+        payload["evidence"].update(trend=_buckets(COUNTS_B), trend_bucket_s=DAY, growth_rate=None)
+        row.payload = payload
+    baseline = COUNTS_B[-4:-1]  # the 3 buckets before the newest, not the default 7
+    mean = sum(baseline) / 3
+    with TestClient(create_app(settings, sessions=api_env.sessions)) as client:
+        got = client.get(f"/v1/proposals/{pid}", headers=api_env.auth("viewer")).json()
+        trend = got["trend"]
+        assert trend["baseline_buckets"] == 3
+        assert trend["baseline_mean"] == pytest.approx(mean, abs=0.01)
+        assert trend["growth_rate"] == pytest.approx((COUNTS_B[-1] - mean) / mean, abs=0.01)
+
+        approved = client.post(
+            f"/v1/proposals/{pid}/approve",
+            headers=api_env.auth("reviewer"),
+            json={"expected_version": 1},
+        )
+        assert approved.status_code == 200, approved.text
+        assert approved.json()["status"] == "approved"
+        assert approved.json()["trend"] == trend and approved.json()["figures"] == got["figures"]
+
+        _login(client, api_env)
+        page = client.get(f"/ui/proposals/{pid}")
+        assert page.status_code == 200 and trend["summary"] in _text(page.text)
+    with api_env.sessions() as s:
+        cli_text = proposal_text(s.get(ProposalRow, pid), [], settings)
+    assert trend["summary"] in cli_text and "over the 3 before" in cli_text
 
 
 def test_merged_growth_is_of_the_whole_not_of_the_anchor():

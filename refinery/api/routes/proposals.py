@@ -43,6 +43,7 @@ from refinery.review import decisions, service
 from refinery.review.edits import ArtifactEdit
 from refinery.review.errors import InvalidEdit, ProposalNotFound, Refused
 from refinery.review.service import SEARCH_MAX_CHARS, ProposalFilter
+from refinery.settings import TrendSettings
 from schemas.events import AppId
 from schemas.proposals import ProposalKind, ProposalStatus
 
@@ -246,8 +247,8 @@ def get_proposal(
             session,
             row,
             service.proposal_history(session, proposal_id),
+            settings,
             max_rows=max_rows,
-            baseline_buckets=settings.trend_baseline_buckets,
         )
     return json_response(detail)
 
@@ -280,10 +281,12 @@ def download_artifact(proposal_id: ProposalId, _: Viewer, sessions: SessionsDep)
     )
 
 
-def _detail(sessions: sessionmaker[Session], proposal_id: str) -> Response:
+def _detail(sessions: sessionmaker[Session], settings: TrendSettings, proposal_id: str) -> Response:
     with sessions() as session:
         row = service.get_proposal(session, proposal_id)
-        detail = views.detail(session, row, service.proposal_history(session, proposal_id))
+        detail = views.detail(
+            session, row, service.proposal_history(session, proposal_id), settings
+        )
     return json_response(detail)
 
 
@@ -306,17 +309,18 @@ def _conflict(sessions: sessionmaker[Session], proposal_id: str, exc: Exception)
 def _write(
     action: Callable[Concatenate[sessionmaker[Session], str, P], object],
     sessions: sessionmaker[Session],
+    settings: TrendSettings,
     proposal_id: str,
     *args: P.args,
     **kwargs: P.kwargs,
 ) -> Response:
     """`action(sessions, proposal_id, **kwargs)`, one of the review package's writes: the
-    proposal as it is then, or 409 when the write was refused."""
+    proposal as it is then, shown as GET shows it, or 409 when the write was refused."""
     try:
         action(sessions, proposal_id, *args, **kwargs)
     except Refused as exc:
         return _conflict(sessions, proposal_id, exc)
-    return _detail(sessions, proposal_id)
+    return _detail(sessions, settings, proposal_id)
 
 
 @router.patch("/{proposal_id}", response_model=ProposalDetail, responses={**_WRITE_ERRORS})
@@ -325,6 +329,7 @@ def edit_proposal(
     body: ProposalUpdate,
     principal: Annotated[Principal, Depends(reviewer_acting_on("edit", ProposalStatus.PENDING))],
     sessions: SessionsDep,
+    settings: SettingsDep,
 ) -> Any:
     """Edit a pending proposal's artifact before approving it. Give the fields of its kind:
     `proposed_text` (system_prompt_edit; the diff is recomputed), `topic` /
@@ -336,6 +341,7 @@ def edit_proposal(
     return _write(
         decisions.edit_proposal,
         sessions,
+        settings,
         proposal_id,
         actor=principal.name,
         edit=edit,
@@ -359,6 +365,7 @@ def approve_proposal(
     return _write(
         decisions.approve,
         sessions,
+        settings,
         proposal_id,
         actor=principal.name,
         topic=settings.topic_approved,
@@ -373,11 +380,13 @@ def reject_proposal(
     body: Decision,
     principal: Annotated[Principal, Depends(reviewer_acting_on("reject", ProposalStatus.REJECTED))],
     sessions: SessionsDep,
+    settings: SettingsDep,
 ) -> Any:
     """pending -> rejected."""
     return _write(
         decisions.reject,
         sessions,
+        settings,
         proposal_id,
         actor=principal.name,
         comment=body.comment,
@@ -390,6 +399,7 @@ def mark_applied(
     proposal_id: ProposalId,
     principal: Annotated[Principal, Depends(reviewer_acting_on("applied", ProposalStatus.APPLIED))],
     sessions: SessionsDep,
+    settings: SettingsDep,
     body: Annotated[AppliedAck | None, Body()] = None,
 ) -> Any:
     """approved -> applied: a downstream system (prompt registry, RAG indexer, fine-tuning job)
@@ -398,6 +408,7 @@ def mark_applied(
     return _write(
         decisions.mark_applied,
         sessions,
+        settings,
         proposal_id,
         actor=principal.name,
         comment=body.comment,
@@ -417,6 +428,7 @@ def claim_proposal(
     proposal_id: ProposalId,
     principal: Annotated[Principal, Depends(reviewer_acting_on("claim", None))],
     sessions: SessionsDep,
+    settings: SettingsDep,
     body: Annotated[ClaimRequest | None, Body()] = None,
 ) -> Any:
     """Claim a pending proposal to review it (`assignee`: assign it to another reviewer). One
@@ -426,6 +438,7 @@ def claim_proposal(
     return _write(
         decisions.claim,
         sessions,
+        settings,
         proposal_id,
         actor=principal.name,
         assignee=body.assignee,
@@ -438,12 +451,14 @@ def release_proposal(
     proposal_id: ProposalId,
     principal: Annotated[Principal, Depends(reviewer_acting_on("release", None))],
     sessions: SessionsDep,
+    settings: SettingsDep,
     force: Annotated[bool, Query(description="Release someone else's claim.")] = False,
 ) -> Any:
     """Drop your claim (someone else's with `force`, else 409 naming them)."""
     return _write(
         decisions.release,
         sessions,
+        settings,
         proposal_id,
         actor=principal.name,
         force=force,

@@ -58,7 +58,7 @@ from refinery.review.edits import ArtifactEdit, CleanText, DatasetRow
 from refinery.review.errors import InvalidEdit, ProposalNotFound, Refused
 from refinery.review.figures import fold
 from refinery.review.service import SEARCH_MAX_CHARS, ProposalFilter
-from refinery.settings import Settings
+from refinery.settings import Settings, TrendSettings
 from schemas.events import AppId
 from schemas.proposals import ProposalKind, ProposalStatus
 
@@ -476,16 +476,11 @@ def _bulk(
 
 
 def _load_detail(
-    sessions: sessionmaker[Session], proposal_id: str, baseline_buckets: int | None = None
+    sessions: sessionmaker[Session], settings: TrendSettings, proposal_id: str
 ) -> ProposalDetail:
     with sessions() as session:
         row = service.get_proposal(session, proposal_id)
-        return views.detail(
-            session,
-            row,
-            service.proposal_history(session, proposal_id),
-            baseline_buckets=baseline_buckets,
-        )
+        return views.detail(session, row, service.proposal_history(session, proposal_id), settings)
 
 
 def _edit_values(detail: ProposalDetail) -> dict[str, str]:
@@ -503,6 +498,7 @@ def _edit_values(detail: ProposalDetail) -> dict[str, str]:
 
 def _detail_page(
     sessions: sessionmaker[Session],
+    settings: TrendSettings,
     proposal_id: str,
     user: UiUser,
     *,
@@ -512,7 +508,7 @@ def _detail_page(
     submitted: dict[str, str] | None = None,
 ) -> HTMLResponse:
     try:
-        detail = _load_detail(sessions, proposal_id)
+        detail = _load_detail(sessions, settings, proposal_id)
     except ProposalNotFound:
         return render(
             "error.html", 404, title="Not found", message=f"No proposal {proposal_id}.", user=user
@@ -535,9 +531,13 @@ def _detail_page(
 
 @router.get("/proposals/{proposal_id}")
 def proposal_page(
-    proposal_id: ProposalId, user: UiUserDep, sessions: SessionsDep, done: str | None = None
+    proposal_id: ProposalId,
+    user: UiUserDep,
+    sessions: SessionsDep,
+    settings: SettingsDep,
+    done: str | None = None,
 ) -> HTMLResponse:
-    return _detail_page(sessions, proposal_id, user, done=done)
+    return _detail_page(sessions, settings, proposal_id, user, done=done)
 
 
 @router.get("/proposals/{proposal_id}/artifact")
@@ -668,7 +668,7 @@ async def proposal_action(
             target=_TARGET[action],
         )
         return _detail_page(
-            sessions, proposal_id, user, status_code=403, error=f"Not allowed: {reason}."
+            sessions, settings, proposal_id, user, status_code=403, error=f"Not allowed: {reason}."
         )
     try:
         await run_in_threadpool(
@@ -681,17 +681,24 @@ async def proposal_action(
     except Refused as exc:
         state = await run_in_threadpool(_state, sessions, proposal_id)
         return _detail_page(
-            sessions, proposal_id, user, status_code=409, error=f"{exc}. {state}", submitted=form
+            sessions,
+            settings,
+            proposal_id,
+            user,
+            status_code=409,
+            error=f"{exc}. {state}",
+            submitted=form,
         )
     except InvalidEdit as exc:
         return _detail_page(
-            sessions, proposal_id, user, status_code=422, error=str(exc), submitted=form
+            sessions, settings, proposal_id, user, status_code=422, error=str(exc), submitted=form
         )
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ())) or "input"
         return _detail_page(
             sessions,
+            settings,
             proposal_id,
             user,
             status_code=422,
