@@ -249,7 +249,8 @@ class SignalsSettings(SettingsGroup):
         " dead-letters it (orphan_feedback).",
     )
     rephrase_detection_enabled: bool = Field(
-        True, description="Detect rephrases and abandons from sessions (Celery, embed queue; beat)."
+        True,
+        description="Detect rephrases and abandons from sessions (Celery, signals queue; beat).",
     )
     rephrase_window_s: float = Field(
         120.0,

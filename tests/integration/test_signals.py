@@ -325,7 +325,7 @@ def test_rephrase_and_abandon_on_a_celery_worker_over_redis(
     kafka_bootstrap, topics, postgres_url, make_settings, activate, celery_broker, tmp_path
 ):
     """The deployed wiring: ingest hands sessions to Celery (Redis), a `refinery worker` on the
-    embed queue detects the rephrases, and the beat task finds the abandon."""
+    signals queue detects the rephrases, and the beat task finds the abandon."""
     from refinery.ingest.consumer import IngestConsumer
     from refinery.kafka.clients import make_producer
     from refinery.runtime import celery_enqueue
