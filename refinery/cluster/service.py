@@ -41,9 +41,9 @@ from refinery.cluster.split import split_by_failure_type
 from refinery.cluster.titles import Titler, make_titler
 from refinery.cluster.trends import refresh_trends
 from refinery.embed import embedding_model_name
-from refinery.embed.service import query_vector, vectors_from_rows
+from refinery.embed.service import has_query_vector, query_vector, vectors_from_rows
 from refinery.ops.metrics import CLUSTERS
-from refinery.settings import ClusterSettings, ProposeSettings, Settings
+from refinery.settings import Settings
 from refinery.signals.evidence import (
     TYPED_FEEDBACK_KINDS,
     UNSPECIFIED,
@@ -177,11 +177,11 @@ def recluster_and_commit(app_id: str, settings: Settings) -> ClusterRunResult:
     """`recluster_app` in a transaction of its own, with titles when CLUSTER_TITLE_ENDPOINT is
     set; then the app's cluster-count gauge. The caller holds the app's cluster lock."""
     titler = make_titler(settings, app_id)
+    model, now = embedding_model_name(settings), utcnow()
+    _label_complaints_first(app_id, settings, model, now)
     try:
         with session_scope(settings.database_url) as session:
-            result = recluster_app(
-                session, app_id, settings, embedding_model_name(settings), titler=titler
-            )
+            result = recluster_app(session, app_id, settings, model, titler=titler, now=now)
     finally:
         if titler is not None:
             titler.close()
@@ -304,11 +304,7 @@ def _cut(
 
 
 def _name_clusters(
-    app_id: str,
-    rows: Sequence[Row[Any]],
-    cut: _Cut,
-    previous: _Previous,
-    settings: ClusterSettings,
+    app_id: str, rows: Sequence[Row[Any]], cut: _Cut, previous: _Previous, settings: Settings
 ) -> _Naming:
     """Stable ids: each new cluster takes the id of the old one it shares most members with, else
     of the most similar unclaimed old centroid, else one derived from its members."""
@@ -352,7 +348,7 @@ def _record_lineage(
     cut: _Cut,
     naming: _Naming,
     previous: _Previous,
-    settings: ClusterSettings,
+    settings: Settings,
     now: datetime,
 ) -> list[LineageEvent]:
     """Where the members of each old cluster went: merges, splits, new and retired clusters as
@@ -392,7 +388,7 @@ def _store_clusters(
     cut: _Cut,
     naming: _Naming,
     previous: _Previous,
-    settings: ClusterSettings,
+    settings: Settings,
     now: datetime,
 ) -> tuple[dict[int, str], dict[str, list[str]]]:
     """Create or update each cluster (size, centroid, vector sum, representative queries).
@@ -427,7 +423,7 @@ def _store_clusters(
 
 
 def _label_clusters(
-    session: Session, docs: dict[str, list[str]], settings: ClusterSettings, titler: Titler | None
+    session: Session, docs: dict[str, list[str]], settings: Settings, titler: Titler | None
 ) -> None:
     """Keywords (c-TF-IDF over the clusters' queries), the label made of them, and a title."""
     keywords = cluster_keywords(docs, top_n=settings.cluster_keywords)
@@ -504,11 +500,31 @@ def _failure_types(
     app_id: str,
     window_start: datetime,
     rows: Sequence[Row[Any]],
-    settings: ProposeSettings,
+    settings: Settings,
 ) -> list[str]:
     """refinery.signals.evidence.failure_type of each row, from one query for the feedback that
     can type it (corrections and comments of the window's failing interactions). Responses can be
     long, so they are read only for rows that nothing else typed, a chunk at a time."""
+    feedback = _typing_feedback(session, app_id, window_start)
+    low = settings.retrieval_low_score
+    types = [failure_type(feedback.get(r.interaction_id, []), r.sources, None, low) for r in rows]
+    # Only a response admitting it does not know can still type these (as a retrieval gap).
+    untyped = {r.id: i for i, r in enumerate(rows) if types[i] == UNSPECIFIED}
+    for chunk in _chunks(sorted(untyped)):
+        for row_id, response in session.execute(
+            select(Interaction.id, Interaction.response).where(Interaction.id.in_(chunk))
+        ):
+            r = rows[untyped[row_id]]
+            types[untyped[row_id]] = failure_type(
+                feedback.get(r.interaction_id, []), r.sources, response, low
+            )
+    return types
+
+
+def _typing_feedback(
+    session: Session, app_id: str, window_start: datetime
+) -> dict[str, list[FeedbackTuple]]:
+    """The corrections and comments of the window's failing interactions, by interaction."""
     feedback: dict[str, list[FeedbackTuple]] = {}
     for interaction_id, kind, text in session.execute(
         select(Feedback.interaction_id, Feedback.kind, Feedback.text)
@@ -526,19 +542,31 @@ def _failure_types(
         .order_by(Feedback.id)
     ):
         feedback.setdefault(interaction_id, []).append((kind, None, text))
-    low = settings.retrieval_low_score
-    types = [failure_type(feedback.get(r.interaction_id, []), r.sources, None, low) for r in rows]
-    # Only a response admitting it does not know can still type these (as a retrieval gap).
-    untyped = {r.id: i for i, r in enumerate(rows) if types[i] == UNSPECIFIED}
-    for chunk in _chunks(sorted(untyped)):
-        for row_id, response in session.execute(
-            select(Interaction.id, Interaction.response).where(Interaction.id.in_(chunk))
-        ):
-            r = rows[untyped[row_id]]
-            types[untyped[row_id]] = failure_type(
-                feedback.get(r.interaction_id, []), r.sources, response, low
+    return feedback
+
+
+def _label_complaints_first(app_id: str, settings: Settings, model: str, now: datetime) -> None:
+    """Have the complaint classifier (refinery.signals.complaints: it embeds each comment and
+    caches its label per text) label the comments `_failure_types` will type the re-cluster at
+    `now` by, asked in the same order and groups, in a short read transaction of its own: the
+    re-cluster's transaction then finds every label cached, the same labels, and embeds nothing
+    while it holds the app's interactions."""
+    window_start = now - timedelta(days=settings.cluster_window_days)
+    with session_scope(settings.database_url) as session:
+        feedback = _typing_feedback(session, app_id, window_start)
+        in_window = session.scalars(
+            select(Interaction.interaction_id)
+            .where(
+                Interaction.app_id == app_id,
+                Interaction.failing == true(),
+                Interaction.occurred_at >= window_start,
+                has_query_vector(model),
             )
-    return types
+            .order_by(Interaction.id)
+        ).all()
+    for interaction_id in in_window:
+        if interaction_id in feedback:
+            failure_type(feedback[interaction_id], None, None, settings.retrieval_low_score)
 
 
 def _chunks(items: list[int]) -> list[list[int]]:
