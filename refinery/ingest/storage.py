@@ -12,7 +12,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import JSON, Float, String, bindparam, case, func, or_, select, tuple_, update
+from sqlalchemy import (
+    String,
+    Text,
+    bindparam,
+    case,
+    cast,
+    column,
+    func,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
@@ -45,11 +57,6 @@ def _utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC)
 
 
-def _insert(session: Session, table: Any) -> Any:
-    dialect = session.get_bind().dialect.name
-    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
-
-
 def insert_new(session: Session, table: object, rows: list[dict]) -> int:  # type: ignore[type-arg]
     """INSERT ... ON CONFLICT DO NOTHING; returns the rows inserted, counted with RETURNING
     (a driver's rowcount of a multi-row insert is not reliable: psycopg reports 0 or -1)."""
@@ -64,36 +71,37 @@ def _insert_returning(
     returning: list[Any],
 ) -> list[Row[Any]]:
     """INSERT ... ON CONFLICT DO NOTHING RETURNING `returning`, one statement per batch. On
-    PostgreSQL the rows travel as one array per column (INSERT ... SELECT FROM unnest(...)):
-    a multi-row VALUES of 500 rows has ~10,000 placeholders, and the driver parses such a
-    statement in Python every time (~30 ms), more than the database takes to insert them."""
+    PostgreSQL the rows travel as one JSON document (INSERT ... SELECT FROM json_to_recordset):
+    a multi-row VALUES of 500 rows has ~10,000 placeholders that the driver parses in Python
+    every time (~30 ms), and column arrays are dumped element by element in Python too; one
+    json.dumps is C, and the server reads the document ~40% faster than the arrays."""
     if not rows:
         return []
     if session.get_bind().dialect.name != "postgresql":
         lite = sqlite.insert(table).on_conflict_do_nothing()
         return list(session.execute(lite.returning(*returning), rows).all())
-    names = list(rows[0])
-    columns = [table.c[name] for name in names]
-    arrays = []
-    for name, column in zip(names, columns, strict=True):
-        values = [row[name] for row in rows]
-        if isinstance(column.type, JSON):  # as text, cast per element below
-            arrays.append(bindparam(name, [json.dumps(v) for v in values], type_=_TEXT_ARRAY))
-        else:
-            if isinstance(column.type, Float):  # a list is one type: 5 and 4.5 both as float
-                values = [None if v is None else float(v) for v in values]
-            arrays.append(bindparam(name, values, type_=postgresql.ARRAY(column.type)))
-    unnested = func.unnest(*arrays).table_valued(*names).render_derived()
-    source = select(
-        *(
-            unnested.c[name].cast(column.type)
-            if isinstance(column.type, JSON)
-            else unnested.c[name]
-            for name, column in zip(names, columns, strict=True)
-        )
-    )
-    stmt = postgresql.insert(table).from_select(names, source).on_conflict_do_nothing()
+    stmt = _insert_from_json(table, rows).on_conflict_do_nothing()
     return list(session.execute(stmt.returning(*returning)).all())
+
+
+def _insert_from_json(table: Any, rows: list[dict[str, Any]]) -> Any:
+    """PostgreSQL's INSERT INTO table (columns of rows[0]) SELECT FROM json_to_recordset(rows):
+    the whole batch as one parameter (see _insert_returning)."""
+    names = list(rows[0])
+    document = json.dumps(rows, default=_json_default)
+    records = (
+        func.json_to_recordset(cast(bindparam("rows", document, type_=Text()), postgresql.JSON))
+        .table_valued(*(column(name, table.c[name].type) for name in names))
+        .render_derived(with_types=True)
+    )
+    return postgresql.insert(table).from_select(names, select(*(records.c[n] for n in names)))
+
+
+def _json_default(value: object) -> str:
+    """Timestamps as ISO 8601 with their offset (every stored one is aware, see _utc)."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not a column value")
 
 
 _TEXT_ARRAY = postgresql.ARRAY(String())
@@ -218,10 +226,23 @@ def _touch_sessions(session: Session, new_rows: list, now: datetime) -> None:  #
         latest[key] = max(latest.get(key, occurred_at), occurred_at)
     if not latest:
         return
-    table = SessionState.__table__
-    stmt = _insert(session, table)
-    excluded = stmt.excluded  # type: ignore[attr-defined]
-    stmt = stmt.on_conflict_do_update(  # type: ignore[attr-defined]
+    table: Any = SessionState.__table__
+    # Sorted: two consumers upserting overlapping sessions take row locks in the same order.
+    rows = [
+        {
+            "app_id": a,
+            "session_id": s,
+            "last_occurred_at": at,
+            "last_seen_at": now,
+            "closed_at": None,
+            "analyzed_at": None,
+        }
+        for (a, s), at in sorted(latest.items())
+    ]
+    postgres = session.get_bind().dialect.name == "postgresql"
+    stmt = _insert_from_json(table, rows) if postgres else sqlite.insert(table)
+    excluded = stmt.excluded
+    stmt = stmt.on_conflict_do_update(
         index_elements=["app_id", "session_id"],
         set_={
             "last_occurred_at": case(
@@ -232,21 +253,10 @@ def _touch_sessions(session: Session, new_rows: list, now: datetime) -> None:  #
             "closed_at": None,
         },
     )
-    # Sorted: two consumers upserting overlapping sessions take row locks in the same order.
-    session.execute(
-        stmt,
-        [
-            {
-                "app_id": a,
-                "session_id": s,
-                "last_occurred_at": at,
-                "last_seen_at": now,
-                "closed_at": None,
-                "analyzed_at": None,
-            }
-            for (a, s), at in sorted(latest.items())
-        ],
-    )
+    if postgres:
+        session.execute(stmt)
+    else:
+        session.execute(stmt, rows)
 
 
 def sessions_due(session: Session, keys: Iterable[SessionKey]) -> list[SessionKey]:
