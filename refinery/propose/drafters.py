@@ -232,8 +232,13 @@ class ChatDrafter:
                 "LLM draft for cluster %s fell back to the template: %s", data.cluster_id, reason
             )
             return marked(proposal, TEMPLATE, reason[:300])
+        # The evidence is the proposal's, not the one `_prompt_edit` built from `data`: the
+        # proposer adds to it (the expected impact the queue sorts by) before asking for words.
         worded = worded.model_copy(
-            update={"rationale": f"{worded.rationale} Model's rationale: {draft.rationale}"}
+            update={
+                "rationale": f"{worded.rationale} Model's rationale: {draft.rationale}",
+                "evidence": proposal.evidence,
+            }
         )
         return marked(worded, self.name, None)
 
