@@ -14,8 +14,9 @@ One run, over the failing interactions of the last CLUSTER_WINDOW_DAYS that have
    the same failure mode after its old members left the window); the rest get an id derived
    from their members. Old clusters left unclaimed are retired;
 3. record merges, splits, new and retired clusters (refinery.cluster.lineage) under the run id;
-4. store size, centroid, vector sum, keywords, representative queries (and a title, if an
-   endpoint is set), then the trends (refinery.cluster.trends).
+4. store size, centroid, vector sum, keywords, representative queries, then the trends
+   (refinery.cluster.trends). Titles, when CLUSTER_TITLE_ENDPOINT is set, are asked for after the
+   commit (`recluster_and_commit`): a remote model never holds the re-cluster's transaction.
 """
 
 from __future__ import annotations
@@ -67,6 +68,15 @@ log = logging.getLogger(__name__)
 _CHUNK = 5000
 
 
+@dataclass(frozen=True)
+class TitleRequest:
+    """A cluster whose title is due (never titled, or its keywords changed): what to ask."""
+
+    cluster_id: str
+    keywords: list[str]
+    queries: list[str]  # its representative queries
+
+
 @dataclass
 class ClusterRunResult:
     app_id: str
@@ -81,6 +91,9 @@ class ClusterRunResult:
     merges: int = 0
     splits: int = 0
     type_splits: int = 0  # text clusters split by their members' failure types
+    # Clusters whose title is due, left for the caller when no titler was given in the
+    # transaction (recluster_and_commit asks for them after its commit).
+    titles_due: list[TitleRequest] = field(default_factory=list)
 
 
 @dataclass
@@ -130,7 +143,8 @@ def recluster_app(
 ) -> ClusterRunResult:
     """Re-cluster the app's failing queries of the window (the steps in the module docstring),
     in the caller's transaction: everything is flushed, nothing committed. The caller holds the
-    app's cluster lock."""
+    app's cluster lock. `titler` is asked inside that transaction; without one, the titles due
+    are left in `result.titles_due` (`recluster_and_commit` asks for them after its commit)."""
     now = now or utcnow()
     window_start = now - timedelta(days=settings.cluster_window_days)
     run = ClusterRun(
@@ -160,7 +174,11 @@ def recluster_app(
 
     assignment, docs = _store_clusters(session, run, rows, cut, naming, previous, settings, now)
     result.cluster_ids = [naming.names[label] for label in naming.order]
-    _label_clusters(session, docs, settings, titler)
+    titles_due = _label_clusters(session, docs, settings)
+    if titler is None:
+        result.titles_due = titles_due
+    else:
+        _store_titles(session, app_id, _ask_titles(titler, titles_due))
     result.retired = _retire_unclaimed(previous, naming.claimed, run, now)
     _write_membership(session, rows, assignment, now)
     session.flush()
@@ -174,20 +192,35 @@ def recluster_app(
 
 
 def recluster_and_commit(app_id: str, settings: Settings) -> ClusterRunResult:
-    """`recluster_app` in a transaction of its own, with titles when CLUSTER_TITLE_ENDPOINT is
-    set; then the app's cluster-count gauge. The caller holds the app's cluster lock."""
-    titler = make_titler(settings, app_id)
+    """`recluster_app` in a transaction of its own, then the app's cluster-count gauge, then
+    titles when CLUSTER_TITLE_ENDPOINT is set (`_title_after_commit`). The caller holds the app's
+    cluster lock."""
     model, now = embedding_model_name(settings), utcnow()
     _label_complaints_first(app_id, settings, model, now)
-    try:
-        with session_scope(settings.database_url) as session:
-            result = recluster_app(session, app_id, settings, model, titler=titler, now=now)
-    finally:
-        if titler is not None:
-            titler.close()
+    with session_scope(settings.database_url) as session:
+        result = recluster_app(session, app_id, settings, model, now=now)
     # Committed: the app's cluster count as its single writer left it.
     CLUSTERS.labels(app_id=app_id).set(len(result.cluster_ids))
+    _title_after_commit(app_id, settings, result.titles_due)
     return result
+
+
+def _title_after_commit(app_id: str, settings: Settings, due: list[TitleRequest]) -> None:
+    """Ask the titler (a remote model) with no transaction open: inside the re-cluster's it held
+    the SQLite write lock, or the clusters' rows, for as long as the server took. The titles are
+    stored in a short transaction of their own, each only where the cluster's keywords are still
+    the ones asked about. The caller still holds the app's cluster lock, and a refine drafts its
+    proposals after this returns: they read the titles as before."""
+    titler = make_titler(settings, app_id) if due else None
+    if titler is None:
+        return
+    try:
+        titled = _ask_titles(titler, due)
+    finally:
+        titler.close()
+    if titled:
+        with session_scope(settings.database_url) as session:
+            _store_titles(session, app_id, titled)
 
 
 def apps_with_failures(session: Session) -> list[str]:
@@ -423,10 +456,12 @@ def _store_clusters(
 
 
 def _label_clusters(
-    session: Session, docs: dict[str, list[str]], settings: Settings, titler: Titler | None
-) -> None:
-    """Keywords (c-TF-IDF over the clusters' queries), the label made of them, and a title."""
+    session: Session, docs: dict[str, list[str]], settings: Settings
+) -> list[TitleRequest]:
+    """Keywords (c-TF-IDF over the clusters' queries) and the label made of them. Returns the
+    clusters whose title is due, in the order they were labelled."""
     keywords = cluster_keywords(docs, top_n=settings.cluster_keywords)
+    due: list[TitleRequest] = []
     for cluster_id, words in keywords.items():
         cluster = session.get(Cluster, cluster_id)
         assert cluster is not None
@@ -434,10 +469,39 @@ def _label_clusters(
         cluster.keywords = words
         cluster.label = " / ".join(words[:3]) or "(no keywords)"
         # A title is asked for once, and again only when the keywords changed.
-        if titler is not None and (not cluster.title or previous_keywords != words):
-            title = titler(words, list(cluster.representative_queries or []))
-            if title:
-                cluster.title = title
+        if not cluster.title or previous_keywords != words:
+            queries = list(cluster.representative_queries or [])
+            due.append(TitleRequest(cluster_id, list(words), queries))
+    return due
+
+
+def _ask_titles(titler: Titler, due: list[TitleRequest]) -> list[tuple[TitleRequest, str]]:
+    """The titles the titler gave (none for a cluster it gave none: it keeps the title it has)."""
+    titled = []
+    for request in due:
+        title = titler(request.keywords, request.queries)
+        if title:
+            titled.append((request, title))
+    return titled
+
+
+def _store_titles(session: Session, app_id: str, titled: list[tuple[TitleRequest, str]]) -> None:
+    """Each title on its cluster, unless the cluster's keywords are no longer the ones the titler
+    was asked about (a title names the keywords it was asked for)."""
+    if not titled:
+        return
+    clusters = {
+        c.id: c
+        for c in session.scalars(
+            select(Cluster).where(
+                Cluster.app_id == app_id, Cluster.id.in_([r.cluster_id for r, _ in titled])
+            )
+        )
+    }
+    for request, title in titled:
+        cluster = clusters.get(request.cluster_id)
+        if cluster is not None and list(cluster.keywords or []) == request.keywords:
+            cluster.title = title
 
 
 def _retire_unclaimed(
