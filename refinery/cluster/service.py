@@ -44,7 +44,7 @@ from refinery.cluster.trends import refresh_trends
 from refinery.embed import embedding_model_name
 from refinery.embed.service import has_query_vector, query_vector, vectors_from_rows
 from refinery.ops.metrics import CLUSTERS
-from refinery.settings import Settings
+from refinery.settings import ClusterSettings, ProposeSettings, Settings
 from refinery.signals.evidence import (
     TYPED_FEEDBACK_KINDS,
     UNSPECIFIED,
@@ -337,7 +337,11 @@ def _cut(
 
 
 def _name_clusters(
-    app_id: str, rows: Sequence[Row[Any]], cut: _Cut, previous: _Previous, settings: Settings
+    app_id: str,
+    rows: Sequence[Row[Any]],
+    cut: _Cut,
+    previous: _Previous,
+    settings: ClusterSettings,
 ) -> _Naming:
     """Stable ids: each new cluster takes the id of the old one it shares most members with, else
     of the most similar unclaimed old centroid, else one derived from its members."""
@@ -381,7 +385,7 @@ def _record_lineage(
     cut: _Cut,
     naming: _Naming,
     previous: _Previous,
-    settings: Settings,
+    settings: ClusterSettings,
     now: datetime,
 ) -> list[LineageEvent]:
     """Where the members of each old cluster went: merges, splits, new and retired clusters as
@@ -421,7 +425,7 @@ def _store_clusters(
     cut: _Cut,
     naming: _Naming,
     previous: _Previous,
-    settings: Settings,
+    settings: ClusterSettings,
     now: datetime,
 ) -> tuple[dict[int, str], dict[str, list[str]]]:
     """Create or update each cluster (size, centroid, vector sum, representative queries).
@@ -456,7 +460,7 @@ def _store_clusters(
 
 
 def _label_clusters(
-    session: Session, docs: dict[str, list[str]], settings: Settings
+    session: Session, docs: dict[str, list[str]], settings: ClusterSettings
 ) -> list[TitleRequest]:
     """Keywords (c-TF-IDF over the clusters' queries) and the label made of them. Returns the
     clusters whose title is due, in the order they were labelled."""
@@ -564,7 +568,7 @@ def _failure_types(
     app_id: str,
     window_start: datetime,
     rows: Sequence[Row[Any]],
-    settings: Settings,
+    settings: ProposeSettings,
 ) -> list[str]:
     """refinery.signals.evidence.failure_type of each row, from one query for the feedback that
     can type it (corrections and comments of the window's failing interactions). Responses can be
