@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import (
+    JSON,
     String,
     Text,
     bindparam,
@@ -22,6 +23,7 @@ from sqlalchemy import (
     func,
     or_,
     select,
+    true,
     tuple_,
     update,
 )
@@ -70,37 +72,69 @@ def _insert_returning(
     rows: list[dict[str, Any]],
     returning: list[Any],
 ) -> list[Row[Any]]:
-    """INSERT ... ON CONFLICT DO NOTHING RETURNING `returning`, one statement per batch. On
-    PostgreSQL the rows travel as one JSON document (INSERT ... SELECT FROM json_to_recordset):
-    a multi-row VALUES of 500 rows has ~10,000 placeholders that the driver parses in Python
-    every time (~30 ms), and column arrays are dumped element by element in Python too; one
-    json.dumps is C, and the server reads the document ~40% faster than the arrays."""
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING `returning`, one statement per batch, the rows
+    read from one JSON document (see _json_rows)."""
     if not rows:
         return []
-    if session.get_bind().dialect.name != "postgresql":
-        lite = sqlite.insert(table).on_conflict_do_nothing()
-        return list(session.execute(lite.returning(*returning), rows).all())
-    stmt = _insert_from_json(table, rows).on_conflict_do_nothing()
+    stmt = _insert_from_json(session, table, rows).on_conflict_do_nothing()
     return list(session.execute(stmt.returning(*returning)).all())
 
 
-def _insert_from_json(table: Any, rows: list[dict[str, Any]]) -> Any:
-    """PostgreSQL's INSERT INTO table (columns of rows[0]) SELECT FROM json_to_recordset(rows):
-    the whole batch as one parameter (see _insert_returning)."""
+def _postgres(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def _insert_from_json(session: Session, table: Any, rows: list[dict[str, Any]]) -> Any:
+    """The dialect's INSERT INTO table (columns of rows[0]) SELECT FROM _json_rows(rows)."""
+    names, rows_select = _json_rows(session, table, rows)
+    insert = postgresql.insert if _postgres(session) else sqlite.insert
+    return insert(table).from_select(names, rows_select)
+
+
+def _json_rows(session: Session, table: Any, rows: list[dict[str, Any]]) -> tuple[list[str], Any]:
+    """The columns of rows[0] and a SELECT of `rows` from one JSON document parameter: on
+    PostgreSQL json_to_recordset, on SQLite json_each. One json.dumps (C) for the whole batch,
+    and one statement text whatever the batch size, compiled once: an executemany or a
+    multi-row VALUES makes SQLAlchemy and the driver process every value of every row in Python
+    (on PostgreSQL ~10,000 placeholders per 500 rows, ~30 ms), and the server reads the document
+    faster than it takes the same values bound one by one."""
     names = list(rows[0])
-    document = json.dumps(rows, default=_json_default)
-    records = (
-        func.json_to_recordset(cast(bindparam("rows", document, type_=Text()), postgresql.JSON))
-        .table_valued(*(column(name, table.c[name].type) for name in names))
-        .render_derived(with_types=True)
-    )
-    return postgresql.insert(table).from_select(names, select(*(records.c[n] for n in names)))
+    if _postgres(session):
+        document = json.dumps(rows, default=_iso_datetime)
+        records = (
+            func.json_to_recordset(cast(bindparam("rows", document, type_=Text()), postgresql.JSON))
+            .table_valued(*(column(name, table.c[name].type) for name in names))
+            .render_derived(with_types=True)
+        )
+        return names, select(*(records.c[n] for n in names))
+    document = json.dumps(rows, default=_sqlite_datetime)
+    each = func.json_each(bindparam("rows", document, type_=Text())).table_valued("value")
+    fields = [_sqlite_field(each.c.value, name, table.c[name].type) for name in names]
+    # WHERE true: without it SQLite reads the ON CONFLICT of the INSERT as a join's ON.
+    return names, select(*fields).where(true())
 
 
-def _json_default(value: object) -> str:
+def _sqlite_field(value: Any, name: str, type_: Any) -> Any:
+    field = func.json_extract(value, f'$."{name}"')
+    if isinstance(type_, JSON):
+        # Stored as JSON text, like SQLAlchemy's JSON type does (None as 'null'): json_extract
+        # gives an object or array as its text but a string as the bare string.
+        return func.json_quote(field)
+    return field
+
+
+def _iso_datetime(value: object) -> str:
     """Timestamps as ISO 8601 with their offset (every stored one is aware, see _utc)."""
     if isinstance(value, datetime):
         return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not a column value")
+
+
+def _sqlite_datetime(value: object) -> str:
+    """Timestamps in the text form SQLAlchemy stores in SQLite, "2026-01-02 03:04:05.000006"
+    (its DATETIME storage format; compared as text in queries), in UTC (see _utc)."""
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=None).isoformat(" ", "microseconds")
     raise TypeError(f"{type(value).__name__} is not a column value")
 
 
@@ -108,9 +142,15 @@ _TEXT_ARRAY = postgresql.ARRAY(String())
 
 
 def _where_keys(session: Session, columns: tuple[Any, Any], keys: list[tuple[str, str]]) -> Any:
-    """`(a, b) IN keys`; on PostgreSQL as two array parameters (see _insert_returning)."""
-    if session.get_bind().dialect.name != "postgresql":
-        return tuple_(*columns).in_(keys)
+    """`(a, b) IN keys`, the keys as one parameter (see _json_rows): on PostgreSQL two arrays,
+    on SQLite a JSON document. An expanding IN would be compiled again for every batch size."""
+    if not _postgres(session):
+        each = func.json_each(bindparam("keys", json.dumps(keys), type_=Text())).table_valued(
+            "value"
+        )
+        return tuple_(*columns).in_(
+            select(func.json_extract(each.c.value, "$[0]"), func.json_extract(each.c.value, "$[1]"))
+        )
     pairs = (
         func.unnest(
             bindparam("key_a", [k[0] for k in keys], type_=_TEXT_ARRAY),
@@ -123,9 +163,10 @@ def _where_keys(session: Session, columns: tuple[Any, Any], keys: list[tuple[str
 
 
 def _where_in(session: Session, column: Any, values: list[Any], array_type: Any) -> Any:
-    """`column IN values`; on PostgreSQL `= ANY(array)`, one parameter."""
-    if session.get_bind().dialect.name != "postgresql":
-        return column.in_(values)
+    """`column IN values`, one parameter: on PostgreSQL `= ANY(array)`, on SQLite json_each."""
+    if not _postgres(session):
+        each = func.json_each(bindparam("values", json.dumps(values), type_=Text()))
+        return column.in_(select(each.table_valued("value").c.value))
     return column == func.any(bindparam("values", values, type_=postgresql.ARRAY(array_type)))
 
 
@@ -239,8 +280,7 @@ def _touch_sessions(session: Session, new_rows: list, now: datetime) -> None:  #
         }
         for (a, s), at in sorted(latest.items())
     ]
-    postgres = session.get_bind().dialect.name == "postgresql"
-    stmt = _insert_from_json(table, rows) if postgres else sqlite.insert(table)
+    stmt = _insert_from_json(session, table, rows)
     excluded = stmt.excluded
     stmt = stmt.on_conflict_do_update(
         index_elements=["app_id", "session_id"],
@@ -253,10 +293,7 @@ def _touch_sessions(session: Session, new_rows: list, now: datetime) -> None:  #
             "closed_at": None,
         },
     )
-    if postgres:
-        session.execute(stmt)
-    else:
-        session.execute(stmt, rows)
+    session.execute(stmt)
 
 
 def sessions_due(session: Session, keys: Iterable[SessionKey]) -> list[SessionKey]:
