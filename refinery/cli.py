@@ -32,6 +32,10 @@ def _setup_logging(level: str = "INFO") -> None:
             "faiss",
         ):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+        # kafka-python's I/O thread warns when one of its steps took over 0.1 s of wall time,
+        # which in a process that also validates, redacts or embeds is the GIL, not a bug to
+        # report: `make demo` printed it between its results.
+        logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
 
 
 def _stop_flag() -> list[bool]:
