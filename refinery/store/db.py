@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -42,13 +44,35 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 
+        _ENGINES.add(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    _ENGINES.add(engine)
+    return engine
 
 
 @lru_cache(maxsize=8)
 def engine_for(url: str) -> Engine:
     return make_engine(url)
+
+
+def _new_pools_after_fork() -> None:
+    """In a forked child (a Celery prefork pool process, started or replaced, e.g. after a
+    time-limit kill, while the parent's readiness checks hold pooled connections): give every
+    engine of this process a new, empty pool. The inherited connections are the parent's
+    sockets (on PostgreSQL two processes would interleave their messages on one server session)
+    or SQLite handles, and a pool lock that another thread held at the fork stays held in the
+    child. close=False, and the old pools kept referenced: closing or collecting them here would
+    end the parent's sessions (a driver's close says goodbye to the server on the shared socket)."""
+    for engine in list(_ENGINES):
+        _INHERITED_POOLS.append(engine.pool)
+        engine.dispose(close=False)
+
+
+# Every engine this process made, for the fork hook (weak: engines of tests may come and go).
+_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
+_INHERITED_POOLS: list[Any] = []  # in a child: the parent's pools, never used, never collected
+os.register_at_fork(after_in_child=_new_pools_after_fork)
 
 
 def session_factory(url: str) -> sessionmaker[Session]:
