@@ -16,6 +16,7 @@ from refinery.api.tokens import NAME_PATTERN, Role
 from refinery.review.decisions import BULK_MAX_ITEMS
 from refinery.review.edits import ArtifactEdit, CleanText
 from refinery.review.figures import EvidenceFigures, TrendFigures
+from refinery.review.service import COUNT_CACHE_MIN, COUNT_CACHE_TTL_S
 from schemas.proposals import (
     Evidence,
     ProposalKind,
@@ -63,7 +64,10 @@ class ProposalSummary(BaseModel):
 
 
 class ProposalListPublic(BaseModel):
-    total: int
+    total: int = Field(
+        description=f"Proposals matching the filters: exact below {COUNT_CACHE_MIN:,}, else at"
+        f" most {COUNT_CACHE_TTL_S:g} s old."
+    )
     limit: int
     offset: int = Field(description="The offset used: one past the end gives the last page.")
     sort: str = "newest"

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import Row, func, select
+from sqlalchemy import Row, select
 from sqlalchemy.orm import Session
 
 from refinery.api.models import (
@@ -30,7 +30,13 @@ from refinery.api.models import (
     RagManifestView,
 )
 from refinery.review.figures import evidence_figures
-from refinery.review.service import ProposalFilter, clamp_offset, filter_conditions, sort_order
+from refinery.review.service import (
+    ProposalFilter,
+    clamp_offset,
+    count_matches,
+    filter_conditions,
+    sort_order,
+)
 from refinery.settings import TrendSettings
 from refinery.store.models import AuditEntry, Cluster, ProposalRow
 from schemas.proposals import Evidence, ProposalKind
@@ -95,9 +101,7 @@ def list_summaries(
     """A page of the queue, the number of matches, and the offset used (past the end: the last
     page); the filters and orders of refinery.review.service, without loading payloads."""
     conditions = filter_conditions(filters)
-    total = int(
-        session.scalar(select(func.count()).select_from(ProposalRow).where(*conditions)) or 0
-    )
+    total = count_matches(session, filters)
     offset = clamp_offset(offset, limit, total)
     # Two steps: the page's ids from the indexes alone, then the columns of those rows only.
     # In one query PostgreSQL parses every matching payload (for its size) before it sorts.

@@ -6,6 +6,7 @@ pages, one proposal, its history, and the state a refused writer is told about. 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -106,6 +107,40 @@ def clamp_offset(offset: int, limit: int, total: int) -> int:
     return max(0, (total - 1) // limit * limit)
 
 
+# A queue filter's count is kept a moment per process once it is large: on a big queue the count
+# is the dearest part of a page (PostgreSQL reads the whole table for it until autovacuum has set
+# the visibility map an index-only count needs), and a total of "10,000" two seconds old misleads
+# nobody. Below COUNT_CACHE_MIN matches the count is exact on every page, so that a small queue's
+# total moves the moment a proposal is decided.
+COUNT_CACHE_MIN = 1_000
+COUNT_CACHE_TTL_S = 2.0
+_COUNT_CACHE_MAX_ENTRIES = 1_024
+_counts: dict[tuple[str, ProposalFilter], tuple[float, int]] = {}
+
+
+def count_matches(session: Session, filters: ProposalFilter) -> int:
+    """How many proposals match `filters`: exact below COUNT_CACHE_MIN, else at most
+    COUNT_CACHE_TTL_S old (per database and filter, in this process)."""
+    key = (str(session.get_bind().engine.url), filters)
+    now = time.monotonic()
+    cached = _counts.get(key)
+    if cached is not None and now - cached[0] < COUNT_CACHE_TTL_S:
+        return cached[1]
+    total = int(
+        session.scalar(
+            select(func.count()).select_from(ProposalRow).where(*filter_conditions(filters))
+        )
+        or 0
+    )
+    if total >= COUNT_CACHE_MIN:
+        if len(_counts) >= _COUNT_CACHE_MAX_ENTRIES:
+            _counts.clear()  # many distinct searches: start over rather than track ages
+        _counts[key] = (now, total)
+    else:
+        _counts.pop(key, None)
+    return total
+
+
 def list_page(
     session: Session,
     filters: ProposalFilter = ProposalFilter(),
@@ -117,9 +152,7 @@ def list_page(
     """A page of the queue: (rows, number of matches, the offset used: clamped to the last
     page)."""
     conditions = filter_conditions(filters)
-    total = int(
-        session.scalar(select(func.count()).select_from(ProposalRow).where(*conditions)) or 0
-    )
+    total = count_matches(session, filters)
     offset = clamp_offset(offset, limit, total)
     rows = session.scalars(
         select(ProposalRow)
