@@ -165,7 +165,7 @@ def bench_ingest(n: int, redis_url: str, database_url: str, profile: str | None 
                 if profiler is not None:
                     profiler.enable()
         ingest_s = time.perf_counter() - (started or time.perf_counter())
-        if profiler is not None:
+        if profiler is not None and profile:
             profiler.disable()
             profiler.dump_stats(profile)
         consumer.close()
