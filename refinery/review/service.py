@@ -9,7 +9,7 @@ import json
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, get_args
 
 from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
@@ -33,7 +33,8 @@ class ProposalFilter:
 
 
 # Orders of the queue; ties broken by id, so that pages never overlap.
-SORTS = ("newest", "oldest", "size", "impact")
+Sort = Literal["newest", "oldest", "size", "impact"]
+SORTS: tuple[str, ...] = get_args(Sort)
 SEARCH_MAX_CHARS = 200
 
 

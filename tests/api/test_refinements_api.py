@@ -122,7 +122,9 @@ def test_cli_exports_the_same_files(api_env, tmp_path, capsys) -> None:
     assert args.func(api_env.settings, args) == 2
 
 
-def test_the_queue_sorts_by_expected_impact_in_the_api_and_the_cli(client, api_env, capsys) -> None:
+def test_the_queue_sorts_by_expected_impact_in_the_api_the_ui_and_the_cli(
+    client, api_env, capsys
+) -> None:
     ids = {}
     for score in (12.5, None, 80.0, 40.0):
         pid = insert_proposal(api_env.sessions, "rag_source")
@@ -152,3 +154,8 @@ def test_the_queue_sorts_by_expected_impact_in_the_api_and_the_cli(client, api_e
     assert args.func(api_env.settings, args) == 0
     out = capsys.readouterr().out
     assert [out.index(pid) for pid in expected] == sorted(out.index(pid) for pid in expected)
+    client.post("/ui/login", data={"token": api_env.tokens["viewer"]})
+    page = client.get("/ui/?sort=impact")
+    assert page.status_code == 200 and '<option value="impact" selected>' in page.text
+    html = page.text
+    assert [html.index(pid) for pid in expected] == sorted(html.index(pid) for pid in expected)

@@ -42,7 +42,7 @@ from refinery.api.tokens import NAME_PATTERN, Principal, Role
 from refinery.review import decisions, service
 from refinery.review.edits import ArtifactEdit
 from refinery.review.errors import InvalidEdit, ProposalNotFound, Refused
-from refinery.review.service import SEARCH_MAX_CHARS, ProposalFilter
+from refinery.review.service import SEARCH_MAX_CHARS, ProposalFilter, Sort
 from refinery.settings import TrendSettings
 from schemas.events import AppId
 from schemas.proposals import ProposalKind, ProposalStatus
@@ -88,7 +88,6 @@ def _bound(*, end: bool) -> Any:
 # A date alone covers its whole day (UTC) at either end; a time without a zone is UTC.
 StartTime = Annotated[datetime | None, _bound(end=False)]
 EndTime = Annotated[datetime | None, _bound(end=True)]
-Sort = Literal["newest", "oldest", "size", "impact"]
 Claim = Literal["mine", "unclaimed"]
 ClusterId = Annotated[
     str | None, Query(pattern=r"^[A-Za-z0-9_-]{1,40}$", description="Cluster id (c_...).")

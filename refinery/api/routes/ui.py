@@ -284,7 +284,7 @@ _FILTERS: dict[str, TypeAdapter[Any]] = {
     "created_after": TypeAdapter(str),
     "created_before": TypeAdapter(str),
     "search": TypeAdapter(Annotated[str, StringConstraints(max_length=SEARCH_MAX_CHARS)]),
-    "sort": TypeAdapter(Literal["newest", "oldest", "size"]),
+    "sort": TypeAdapter(service.Sort),
     "claim": TypeAdapter(Literal["mine", "unclaimed"]),
     "offset": TypeAdapter(int),
 }
@@ -364,7 +364,7 @@ def _queue_page(
         errors=errors,
         kinds=[k.value for k in ProposalKind],
         statuses=[s.value for s in ProposalStatus],
-        sorts=["newest", "oldest", "size"],
+        sorts=list(service.SORTS),
         claims=list(service.CLAIM_FILTERS),
         back=urlencode({**kept, "offset": offset}),
         report=report,
