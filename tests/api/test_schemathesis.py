@@ -24,6 +24,11 @@ def test_no_server_errors_from_fuzzed_requests(api_env, live_server):
         insert_proposal(api_env.sessions, kind)
         for kind in ("system_prompt_edit", "rag_source", "fine_tune_dataset")
     ]
+    # The corpus upload embeds in the request: load the model before the clock of the first one
+    # starts (10 s read timeout), as a running API has after its first upload.
+    from refinery.embed.embedder import get_embedder
+
+    get_embedder(api_env.settings).embed(["warm-up"])
     schema = schemathesis.openapi.from_url(f"{live_server.url}/openapi.json")
     headers = api_env.auth("admin")
     operations = [result.ok() for result in schema.get_all_operations()]
