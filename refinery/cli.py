@@ -13,6 +13,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from refinery.settings import Settings, get_settings
 
@@ -442,6 +443,10 @@ def cmd_review(settings: Settings, args: argparse.Namespace) -> int:
             holder = f"claimed by {row.claimed_by}" if row.claimed_by else "unclaimed"
             print(f"{row.id}: {row.status} (version {row.version}), {holder}")
             return 0
+        if args.review_cmd in ("approve", "reject"):
+            if len(args.id) > 1:
+                return _decide_each(sessions, args, settings.topic_approved)
+            args.id = args.id[0]
         row = act(
             sessions,
             args.id,
@@ -465,6 +470,36 @@ def cmd_review(settings: Settings, args: argparse.Namespace) -> int:
             state = describe_state(get_proposal(session, args.id))
         print(f"refused: {exc}. {state}", file=sys.stderr)
         return 3
+
+
+# Exit codes of a decision that was not taken, worst first: as for one proposal.
+_NOT_DECIDED_EXIT = {"not_found": 4, "conflict": 3, "invalid": 2}
+
+
+def _decide_each(sessions: Any, args: argparse.Namespace, topic: str) -> int:
+    """`review approve|reject ID ID ...`: each through the single-decision path (its own
+    transaction, version check and audit entry), one line each; exits 0 when all were decided,
+    else with the worst of the codes one proposal would give (4 not found, 3 refused, 2 invalid)."""
+    from refinery.review.decisions import bulk_decide
+
+    if args.version is not None:
+        print("error: --version names one proposal's version; give one id", file=sys.stderr)
+        return 2
+    outcomes = bulk_decide(
+        sessions,
+        args.review_cmd,
+        [(proposal_id, None) for proposal_id in dict.fromkeys(args.id)],
+        actor=args.actor,
+        topic=topic,
+        comment=args.comment,
+    )
+    for outcome in outcomes:
+        if outcome.error is None:
+            decided = f"{outcome.status} (version {outcome.version}) by {args.actor}"
+            print(f"{outcome.proposal_id}: {decided}")
+        else:
+            print(f"{outcome.proposal_id}: {outcome.error}: {outcome.detail}", file=sys.stderr)
+    return max((_NOT_DECIDED_EXIT[o.error] for o in outcomes if o.error), default=0)
 
 
 def _artifact_edit(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -709,7 +744,10 @@ def build_parser() -> argparse.ArgumentParser:
     decision_parsers: dict[str, argparse.ArgumentParser] = {}
     for name in ("approve", "reject", "applied", "edit"):
         q = decision_parsers[name] = review.add_parser(name, help=REVIEW_HELP.get(name))
-        q.add_argument("id")
+        if name in ("approve", "reject"):
+            q.add_argument("id", nargs="+", help="one or more: each decided on its own")
+        else:
+            q.add_argument("id")
         q.add_argument("--comment")
         q.add_argument("--actor", default="cli")
         q.add_argument(

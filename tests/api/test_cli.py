@@ -94,6 +94,26 @@ def test_review_edit_approve_applied(api_env, cli, tmp_path):
     ]
 
 
+def test_review_approve_many_decides_each_on_its_own(api_env, cli):
+    first, taken, last = (insert_proposal(api_env.sessions, kind) for kind in (
+        "rag_source", "system_prompt_edit", "fine_tune_dataset"))  # fmt: skip
+    assert cli("review", "reject", taken, "--actor", "erin")[0] == 0
+
+    code, out, err = cli("review", "approve", first, taken, last, "p_missing", "--actor", "dana")
+    # The worst single-decision code: not found (4) over refused (3); the others are approved.
+    assert code == 4
+    assert f"{first}: approved (version 2) by dana" in out
+    assert f"{last}: approved (version 2) by dana" in out
+    assert f"{taken}: conflict" in err and "rejected" in err and "p_missing: not_found" in err
+    with api_env.sessions() as s:
+        statuses = {pid: s.get(ProposalRow, pid).status for pid in (first, taken, last)}
+    assert statuses == {first: "approved", taken: "rejected", last: "approved"}
+    assert audit_trail(api_env.sessions, taken)[-1] == ("dana", "approve", "refused")
+
+    code, _, err = cli("review", "reject", first, last, "--version", "2")
+    assert code == 2 and "give one id" in err  # a version names one proposal
+
+
 def test_review_edit_rag_and_dataset(api_env, cli, tmp_path):
     rag = insert_proposal(api_env.sessions, "rag_source")
     code, _, err = cli(
