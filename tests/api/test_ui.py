@@ -181,3 +181,36 @@ def test_ui_session_csrf_and_roles(api_env, client):
     assert client.get("/ui/?kind=bogus&offset=-3").status_code == 422
     out = client.post("/ui/logout", data={"csrf": _csrf(page.text)}, follow_redirects=False)
     assert out.status_code == 303 and 'refinery_token=""' in out.headers["set-cookie"]
+
+
+def test_a_reviewer_assigns_a_proposal_to_another_reviewer(api_env, client):
+    pid = insert_proposal(api_env.sessions, "rag_source")
+    client.post("/ui/login", data={"token": api_env.tokens["reviewer"]})
+    page = client.get(f"/ui/proposals/{pid}")
+    assert 'id="assign-form"' in page.text
+    csrf = _csrf(page.text)
+
+    unknown = client.post(f"/ui/proposals/{pid}/claim", data={"csrf": csrf, "assignee": "nobody"})
+    assert unknown.status_code == 422 and "no active reviewer or admin token" in unknown.text
+    malformed = client.post(f"/ui/proposals/{pid}/claim", data={"csrf": csrf, "assignee": "<b>"})
+    assert malformed.status_code == 422
+    with api_env.sessions() as s:
+        assert s.get(ProposalRow, pid).claimed_by is None  # neither changed anything
+
+    done = client.post(f"/ui/proposals/{pid}/claim", data={"csrf": csrf, "assignee": "admin-user"})
+    assert done.status_code == 200 and "Assigned" in done.text
+    assert '<strong id="claimed-by">admin-user</strong>' in done.text
+    with api_env.sessions() as s:
+        assert s.get(ProposalRow, pid).claimed_by == "admin-user"
+    assert audit_trail(api_env.sessions, pid)[-1] == ("reviewer-user", "claim", "ok")
+
+    # Over someone's claim the form takes it over (force), as the button does.
+    page = client.get(f"/ui/proposals/{pid}")
+    assert 'name="force" value="1"' in page.text
+    back = client.post(
+        f"/ui/proposals/{pid}/claim",
+        data={"csrf": _csrf(page.text), "assignee": "reviewer-user", "force": "1"},
+    )
+    assert back.status_code == 200
+    with api_env.sessions() as s:
+        assert s.get(ProposalRow, pid).claimed_by == "reviewer-user"

@@ -46,6 +46,7 @@ from refinery.api.middleware import STRICT_CSP
 from refinery.api.models import ProposalDetail
 from refinery.api.ratelimit import UI_LOGIN, client_of, limiter_for
 from refinery.api.tokens import (
+    NAME_PATTERN,
     Principal,
     Role,
     authenticate,
@@ -92,6 +93,7 @@ DONE_MESSAGES = {
     "edited": "Edit saved; the proposal's version went up.",
     "applied": "Marked applied.",
     "claimed": "Claimed: it is in your queue (Mine).",
+    "assigned": "Assigned: it is in their queue (Mine, for them).",
     "released": "Claim released.",
 }
 
@@ -597,6 +599,9 @@ def _act(
     comment: str | None = None
     version: int | None = None
     edit: ArtifactEdit | None = None
+    assignee: str | None = None
+    if action == "claim" and form.get("assignee", "").strip():
+        assignee = TypeAdapter(_Assignee).validate_python(form["assignee"].strip())
     if action not in ("claim", "release"):  # a claim has no comment and no version
         comment = form.get("comment", "").strip() or None
         if comment is not None:
@@ -618,7 +623,12 @@ def _act(
         expected_version=version,
         edit=edit,
         force=bool(form.get("force")),
+        assignee=assignee,
     )
+
+
+# A reviewer's name, as tokens name them (refinery.api.tokens).
+_Assignee = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 
 
 def _state(sessions: sessionmaker[Session], proposal_id: str) -> str:
@@ -711,7 +721,8 @@ async def proposal_action(
             return RedirectResponse(
                 f"/ui/proposals/{following}?done={_DONE[action]}", status_code=303
             )
-    return RedirectResponse(f"/ui/proposals/{proposal_id}?done={_DONE[action]}", status_code=303)
+    done = "assigned" if action == "claim" and form.get("assignee", "").strip() else _DONE[action]
+    return RedirectResponse(f"/ui/proposals/{proposal_id}?done={done}", status_code=303)
 
 
 def _next_pending(sessions: sessionmaker[Session], after: str) -> str | None:
