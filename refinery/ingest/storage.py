@@ -107,11 +107,15 @@ def _json_rows(session: Session, table: Any, rows: list[dict[str, Any]]) -> tupl
             .render_derived(with_types=True)
         )
         return names, select(*(records.c[n] for n in names))
-    document = json.dumps(rows, default=_sqlite_datetime)
-    each = func.json_each(bindparam("rows", document, type_=Text())).table_valued("value")
+    each = _json_each("rows", json.dumps(rows, default=_sqlite_datetime))
     fields = [_sqlite_field(each.c.value, name, table.c[name].type) for name in names]
     # WHERE true: without it SQLite reads the ON CONFLICT of the INSERT as a join's ON.
     return names, select(*fields).where(true())
+
+
+def _json_each(name: str, document: str) -> Any:
+    """SQLite's json_each over one JSON document parameter `name`: a row (`value`) per element."""
+    return func.json_each(bindparam(name, document, type_=Text())).table_valued("value")
 
 
 def _sqlite_field(value: Any, name: str, type_: Any) -> Any:
@@ -145,9 +149,7 @@ def _where_keys(session: Session, columns: tuple[Any, Any], keys: list[tuple[str
     """`(a, b) IN keys`, the keys as one parameter (see _json_rows): on PostgreSQL two arrays,
     on SQLite a JSON document. An expanding IN would be compiled again for every batch size."""
     if not _postgres(session):
-        each = func.json_each(bindparam("keys", json.dumps(keys), type_=Text())).table_valued(
-            "value"
-        )
+        each = _json_each("keys", json.dumps(keys))
         return tuple_(*columns).in_(
             select(func.json_extract(each.c.value, "$[0]"), func.json_extract(each.c.value, "$[1]"))
         )
@@ -165,8 +167,7 @@ def _where_keys(session: Session, columns: tuple[Any, Any], keys: list[tuple[str
 def _where_in(session: Session, column: Any, values: list[Any], array_type: Any) -> Any:
     """`column IN values`, one parameter: on PostgreSQL `= ANY(array)`, on SQLite json_each."""
     if not _postgres(session):
-        each = func.json_each(bindparam("values", json.dumps(values), type_=Text()))
-        return column.in_(select(each.table_valued("value").c.value))
+        return column.in_(select(_json_each("values", json.dumps(values)).c.value))
     return column == func.any(bindparam("values", values, type_=postgresql.ARRAY(array_type)))
 
 

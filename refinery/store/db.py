@@ -28,7 +28,12 @@ def _normalize_url(url: str) -> str:
 
 
 def make_engine(url: str) -> Engine:
-    url = _normalize_url(url)
+    engine = _create_engine(_normalize_url(url))
+    _ENGINES.add(engine)
+    return engine
+
+
+def _create_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -44,11 +49,8 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 
-        _ENGINES.add(engine)
         return engine
-    engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
-    _ENGINES.add(engine)
-    return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
 @lru_cache(maxsize=8)

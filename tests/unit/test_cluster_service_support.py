@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import sys
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -81,6 +82,20 @@ def settings(**overrides) -> Settings:  # type: ignore[no-untyped-def]
 
 
 _ids = itertools.count(1)
+
+
+def replayable_app_db(
+    tmp_path, name: str, monkeypatch, model: str
+) -> tuple[str, sessionmaker[Session], TopicEmbedder]:  # type: ignore[no-untyped-def]
+    """A fresh SQLite database `name` whose interaction ids start again at 1 (so every database
+    a test builds this way holds the same rows and ids), and an embedder whose vectors stand for
+    `model`'s."""
+    monkeypatch.setattr(sys.modules[__name__], "_ids", itertools.count(1))
+    url = f"sqlite:///{tmp_path}/{name}.db"
+    migrate(url)
+    embedder = TopicEmbedder(noise=0.3)
+    embedder.name = model
+    return url, session_factory(url), embedder
 
 
 def add_interactions(

@@ -4,26 +4,23 @@ embeds nothing, and its clusters are the ones a re-cluster classifying inside wo
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-import tests.unit.test_cluster_service_support as support
 from refinery.cluster.service import recluster_and_commit, recluster_app
 from refinery.embed import embedding_model_name
 from refinery.embed.embedder import get_embedder
 from refinery.settings import Settings
 from refinery.signals import complaints
-from refinery.store.db import engine_for, migrate, session_factory
+from refinery.store.db import engine_for
 from refinery.store.models import Feedback, Interaction
 from tests.unit.test_cluster_service_support import (
     NOW,
-    TopicEmbedder,
     add_interactions,
     cluster_of,
+    replayable_app_db,
     settings,
     topic_queries,
 )
@@ -60,12 +57,7 @@ def classifier_over():  # type: ignore[no-untyped-def]
 def _app(tmp_path, name: str, monkeypatch) -> tuple[Settings, sessionmaker[Session], list[int]]:  # type: ignore[no-untyped-def]
     """One topic failing two ways (corrections, answers too long) and a few plain thumbs-down:
     the same rows and ids in every database built here."""
-    monkeypatch.setattr(support, "_ids", itertools.count(1))
-    url = f"sqlite:///{tmp_path}/{name}.db"
-    migrate(url)
-    sessions = session_factory(url)
-    embedder = TopicEmbedder(noise=0.3)
-    embedder.name = MODEL  # the query vectors stand for the configured model's
+    url, sessions, embedder = replayable_app_db(tmp_path, name, monkeypatch, MODEL)
     comments = {
         "correction": "The right answer is under Settings, then Billing.",
         "comment": "Way too long, just give the answer.",

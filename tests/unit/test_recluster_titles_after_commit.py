@@ -6,22 +6,20 @@ keywords stay. Without an endpoint (the default) no titles, the same clusters.""
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-import tests.unit.test_cluster_service_support as support
 from refinery.cluster.service import recluster_and_commit, recluster_app
 from refinery.embed import embedding_model_name
 from refinery.settings import Settings
-from refinery.store.db import engine_for, migrate, session_factory
+from refinery.store.db import engine_for
 from tests.unit.test_cluster_service_support import (
     NOW,
-    TopicEmbedder,
     add_interactions,
     clusters_of,
+    replayable_app_db,
     settings,
     topic_queries,
 )
@@ -32,12 +30,7 @@ MODEL = embedding_model_name(settings())
 def _app(tmp_path, name: str, monkeypatch) -> tuple[Settings, sessionmaker[Session]]:  # type: ignore[no-untyped-def]
     """Two failure modes (refunds, passwords) of 12 queries each: the same rows and ids in every
     database built here."""
-    monkeypatch.setattr(support, "_ids", itertools.count(1))
-    url = f"sqlite:///{tmp_path}/{name}.db"
-    migrate(url)
-    sessions = session_factory(url)
-    embedder = TopicEmbedder(noise=0.3)
-    embedder.name = MODEL  # the query vectors stand for the configured model's
+    url, sessions, embedder = replayable_app_db(tmp_path, name, monkeypatch, MODEL)
     with sessions.begin() as session:
         add_interactions(session, "shop", topic_queries("refund", 12), embedder=embedder)
         add_interactions(session, "shop", topic_queries("password", 12), embedder=embedder)

@@ -595,7 +595,8 @@ def _act(
     action: decisions.Action,
     actor: str,
     form: dict[str, str],
-) -> None:
+) -> str:
+    """Carry out `action` from the page's form; returns what was done (a DONE_MESSAGES key)."""
     comment: str | None = None
     version: int | None = None
     edit: ArtifactEdit | None = None
@@ -625,6 +626,7 @@ def _act(
         force=bool(form.get("force")),
         assignee=assignee,
     )
+    return "assigned" if assignee else _DONE[action]
 
 
 # A reviewer's name, as tokens name them (refinery.api.tokens).
@@ -681,7 +683,7 @@ async def proposal_action(
             sessions, settings, proposal_id, user, status_code=403, error=f"Not allowed: {reason}."
         )
     try:
-        await run_in_threadpool(
+        done = await run_in_threadpool(
             _act, sessions, settings, proposal_id, action, user.principal.name, form
         )
     except ProposalNotFound:
@@ -718,10 +720,7 @@ async def proposal_action(
     if action in ("approve", "reject") and form.get("next"):
         following = await run_in_threadpool(_next_pending, sessions, proposal_id)
         if following is not None:
-            return RedirectResponse(
-                f"/ui/proposals/{following}?done={_DONE[action]}", status_code=303
-            )
-    done = "assigned" if action == "claim" and form.get("assignee", "").strip() else _DONE[action]
+            return RedirectResponse(f"/ui/proposals/{following}?done={done}", status_code=303)
     return RedirectResponse(f"/ui/proposals/{proposal_id}?done={done}", status_code=303)
 
 
