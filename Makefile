@@ -30,6 +30,9 @@ system-deps:
 	fi
 
 demo: install
+	@# The default database is the demo's own: a second run starts from an empty one, not from the
+	@# first run's decided queue (its events would all be duplicates, nothing left to propose).
+	@if [ -z "$$DATABASE_URL" ]; then rm -f var/refinery.db var/refinery.db-wal var/refinery.db-shm; fi
 	$(VENV)/bin/refinery demo
 
 test: install system-deps

@@ -39,6 +39,15 @@ def run_demo(settings: Settings, *, out=sys.stdout) -> int:  # type: ignore[no-u
     settings = runtime.settings
     for note in runtime.notes:
         print(f"[demo] {note}", file=out)
+    if _already_ran(runtime.sessions):
+        print(
+            f"[demo] this database already holds a demo run ({APP_ID}): its events would all be"
+            " duplicates and its queue is decided. `make demo` starts from a new var/refinery.db;"
+            " else point DATABASE_URL at an empty database.",
+            file=out,
+        )
+        runtime.close()
+        return 1
     worker = None
     try:
         if not settings.celery_eager:
@@ -62,6 +71,14 @@ def run_demo(settings: Settings, *, out=sys.stdout) -> int:  # type: ignore[no-u
         runtime.close()
     print(f"[demo] done in {time.perf_counter() - started:.1f} s", file=out)
     return 0
+
+
+def _already_ran(sessions) -> bool:  # type: ignore[no-untyped-def]
+    with sessions() as session:
+        return (
+            session.scalar(select(Interaction.id).where(Interaction.app_id == APP_ID).limit(1))
+            is not None
+        )
 
 
 def _produce_and_ingest(settings: Settings, sessions, work: Workload, out) -> None:  # type: ignore[no-untyped-def]
