@@ -169,11 +169,16 @@ def fresh_celery_connections() -> Iterator[None]:
     """The in-process Celery app keeps the broker connections and result backend it made first;
     drop them on entry (so it uses the broker just configured) and on exit (so the next test
     does)."""
+    from kombu import pools
+
     from workers.celery_app import app
 
     def drop() -> None:
-        if app._pool is not None:
-            app._pool.force_close_all()
+        # app.pool is kombu's process-wide pool for the broker URL (kombu.pools.connections),
+        # and the producer pool is kombu's too: closing one without forgetting it would hand the
+        # closed pool to the next test that draws the same Redis database ("Acquire on closed
+        # pool"). reset() closes every pool and forgets them all.
+        pools.reset()
         app._pool = None
         app.amqp._producer_pool = None
         app._backend_cache = None
