@@ -19,12 +19,8 @@ from refinery.kafka.embedded import EmbeddedBroker, free_port, start_embedded_br
 from refinery.store.db import migrate
 from tests.integration.test_signals_support import interaction
 
-pytestmark = [
-    pytest.mark.integration,
-    # kafka-python leaves a socket unclosed when a connect is refused (kafka/net/inet.py); these
-    # tests refuse connects on purpose. Not ours to fix, and gathered in the fixture's teardown.
-    pytest.mark.filterwarnings("ignore:Exception ignored in. <socket.socket"),
-]
+# The sockets kafka-python leaves behind refused connects are ignored suite-wide (pyproject).
+pytestmark = pytest.mark.integration
 
 KEY = "shop-ingest-key-0123456789abcdef"
 
