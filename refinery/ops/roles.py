@@ -82,10 +82,11 @@ def database_check(database_url: str) -> Check:
     """The database answers SELECT 1 (the role's own engine and pool)."""
     from sqlalchemy import text
 
-    from refinery.store.db import engine_for
+    from refinery.store.db import engine_for, no_fork_meanwhile
 
     def check() -> bool:
-        with engine_for(database_url).connect() as connection:
+        # Runs in a thread of a worker whose pool forks children (refinery.store.db._fork_gate).
+        with no_fork_meanwhile(), engine_for(database_url).connect() as connection:
             return connection.execute(text("SELECT 1")).scalar() == 1
 
     return check

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +20,8 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+log = logging.getLogger(__name__)
 
 
 def _normalize_url(url: str) -> str:
@@ -74,7 +78,71 @@ def _new_pools_after_fork() -> None:
 # Every engine this process made, for the fork hook (weak: engines of tests may come and go).
 _ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
 _INHERITED_POOLS: list[Any] = []  # in a child: the parent's pools, never used, never collected
-os.register_at_fork(after_in_child=_new_pools_after_fork)
+
+# A fork must not split another thread's database call. SQLite's global mutexes (its allocator's,
+# its table of open files) stay locked in the child when the fork lands inside a SQLite call, and
+# the child's first SQLite call then waits forever: a Celery pool child that takes its first task
+# and never answers. Measured beside a thread in a connect + SELECT 1 loop: 46 of 300 children
+# hung. Threads of a process that forks (the worker's readiness checks) make their database calls
+# inside no_fork_meanwhile(); a fork waits until none is in progress (up to FORK_GATE_WAIT_S, then
+# goes ahead), and calls that come meanwhile wait for the fork, so that probes in a loop cannot
+# starve it.
+FORK_GATE_WAIT_S = 30.0
+
+
+class _ForkGate:
+    def __init__(self) -> None:
+        self.changed = threading.Condition()
+        self.calls_in_progress = 0
+        self.forks_in_progress = 0
+
+
+_fork_gate = _ForkGate()
+
+
+@contextmanager
+def no_fork_meanwhile() -> Iterator[None]:
+    """Around a database call made beside a thread that may fork (see _ForkGate)."""
+    gate = _fork_gate
+    with gate.changed:
+        gate.changed.wait_for(lambda: gate.forks_in_progress == 0)
+        gate.calls_in_progress += 1
+    try:
+        yield
+    finally:
+        with gate.changed:
+            gate.calls_in_progress -= 1
+            gate.changed.notify_all()
+
+
+def _close_fork_gate() -> None:
+    gate = _fork_gate
+    with gate.changed:
+        gate.forks_in_progress += 1
+        if not gate.changed.wait_for(lambda: gate.calls_in_progress == 0, FORK_GATE_WAIT_S):
+            log.warning("forking while a database call has run for over %.0f s", FORK_GATE_WAIT_S)
+
+
+def _open_fork_gate_in_parent() -> None:
+    gate = _fork_gate
+    with gate.changed:
+        gate.forks_in_progress -= 1
+        gate.changed.notify_all()
+
+
+def _after_fork_in_child() -> None:
+    global _fork_gate
+    # The child's only thread is the one that forked: the parent's waiting callers are not here,
+    # and the old condition's lock may have been held by one of them at the fork.
+    _fork_gate = _ForkGate()
+    _new_pools_after_fork()
+
+
+os.register_at_fork(
+    before=_close_fork_gate,
+    after_in_parent=_open_fork_gate_in_parent,
+    after_in_child=_after_fork_in_child,
+)
 
 
 def session_factory(url: str) -> sessionmaker[Session]:

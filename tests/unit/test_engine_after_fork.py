@@ -1,17 +1,22 @@
-"""A forked child (a Celery prefork pool process) never uses a connection its parent pooled.
+"""A forked child (a Celery prefork pool process) never uses a connection its parent pooled, and
+is never forked in the middle of a parent thread's database call.
 
 The parent's readiness checks keep a pooled connection to the database; a pool child forked
 after that (at start, or replacing one killed at its time limit) would otherwise be handed the
 same connection: on PostgreSQL the same socket, two processes writing to one server session.
+A fork landing inside a check's SQLite call leaves SQLite's global mutexes locked in the child.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import threading
 
 from sqlalchemy import text
 
-from refinery.store.db import engine_for
+from refinery.ops.roles import database_check
+from refinery.store.db import engine_for, no_fork_meanwhile
 
 
 def _backend_pid(url: str) -> int:
@@ -60,3 +65,41 @@ def test_a_forked_child_opens_its_own_sqlite_connection(sqlite_url):
     with engine.connect() as connection:  # the child's write is there; the parent's handle works
         assert connection.execute(text("SELECT count(*) FROM from_child")).scalar_one() == 0
     engine.dispose()
+
+
+def test_children_forked_beside_a_thread_checking_sqlite_all_use_sqlite(tmp_path):
+    """Without the fork gate about one child in seven waited forever in its first SQLite call."""
+    url = f"sqlite:///{tmp_path}/refinery.db"
+    check = database_check(url)
+    stop = threading.Event()
+
+    def readiness_probes() -> None:  # the worker's health thread, probed in a loop
+        while not stop.is_set():
+            assert check()
+            with no_fork_meanwhile():  # the next check opens a new connection (open, PRAGMAs)
+                engine_for(url).dispose()
+
+    prober = threading.Thread(target=readiness_probes, daemon=True)
+    prober.start()
+    hung = 0
+    try:
+        for _ in range(100):
+            child = os.fork()
+            if child == 0:  # pragma: no cover - runs in the child
+                # A hung child dies of SIGALRM instead of hanging the test (pytest-timeout's
+                # handler would never run: the child waits inside SQLite, in C).
+                signal.signal(signal.SIGALRM, signal.SIG_DFL)
+                signal.alarm(5)
+                try:
+                    with engine_for(url).connect() as connection:
+                        connection.execute(text("SELECT 1"))
+                finally:
+                    os._exit(0)
+            if os.WIFSIGNALED(os.waitpid(child, 0)[1]):
+                hung += 1
+                break  # one is enough: each costs the alarm's 5 s
+    finally:
+        stop.set()
+        prober.join()
+    assert hung == 0
+    engine_for(url).dispose()
