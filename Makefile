@@ -36,7 +36,7 @@ demo: install
 	$(VENV)/bin/refinery demo
 
 test: install system-deps
-	CI=$${CI:-} $(PY) -m pytest $(PYTEST_ARGS) tests
+	CI=$${CI:-} $(PY) -m pytest --durations=20 $(PYTEST_ARGS) tests
 
 test-unit: install
 	$(PY) -m pytest tests/unit
