@@ -85,7 +85,7 @@ def database_check(database_url: str) -> Check:
     from refinery.store.db import engine_for, no_fork_meanwhile
 
     def check() -> bool:
-        # Runs in a thread of a worker whose pool forks children (refinery.store.db._fork_gate).
+        # Runs in a thread of a worker whose pool forks children (refinery.store.db._ForkGate).
         with no_fork_meanwhile(), engine_for(database_url).connect() as connection:
             return connection.execute(text("SELECT 1")).scalar() == 1
 

@@ -4,11 +4,9 @@ test runs its own Tansu broker (or none) so that it can stop it."""
 
 from __future__ import annotations
 
-import gc
 import json
 import socket
 import time
-import warnings
 from collections.abc import Iterator
 
 import pytest
@@ -44,9 +42,6 @@ def client_for(sqlite_url, topics, make_settings):  # type: ignore[no-untyped-de
     yield build
     for client in clients:
         client.__exit__(None, None, None)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        gc.collect()
 
 
 def post(client: TestClient, iid: str):  # type: ignore[no-untyped-def]
